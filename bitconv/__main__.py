@@ -1,0 +1,3 @@
+from bitconv.cli import app
+
+app()

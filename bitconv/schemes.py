@@ -1,0 +1,368 @@
+"""Quantization configs and codecs: quantize a float weight, encode it into stored arrays, decode it back.
+
+The same `quantize()` serves `convert` and the straight-through training in `recover` (through
+`fake_quantize`), so converting trained latent weights gives exactly what training saw.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+
+from bitconv.errors import BitconvError
+from bitconv.format import (
+    SUFFIX_CODES, SUFFIX_OUTLIER_IDX, SUFFIX_OUTLIER_VAL, SUFFIX_SCALE, SUFFIX_ZERO, TensorSpec,
+)
+from bitconv.packing import (
+    pack_bits, pack_ternary_2bit, pack_ternary_base3, unpack_bits, unpack_ternary_2bit, unpack_ternary_base3,
+)
+
+CONFIG_VERSION = 1
+BITS_TO_SCHEME = {1.58: "ternary", 1.0: "binary", 8.0: "int8", 4.0: "uint4", 2.0: "uint2", 16.0: "fp16"}
+SCALE_METHODS = ("absmean", "absmax", "median", "mse")
+DEFAULT_GROUP_SIZE = 64
+# grid of multiples of mean|W| searched by the "mse" scale estimator
+MSE_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(35))
+
+
+def parse_bits(value: str | float) -> float:
+    try:
+        bits = float(value)
+    except (TypeError, ValueError):
+        bits = math.nan
+    for known in BITS_TO_SCHEME:
+        if abs(bits - known) < 1e-6:
+            return known
+    raise BitconvError(f"unknown --bits {value!r}: choose one of 16, 8, 4, 2, 1.58, 1")
+
+
+def parse_granularity(value: str) -> tuple[str, int | None]:
+    """'tensor' | 'channel' | 'group:N' -> (granularity, group_size)."""
+    m = re.fullmatch(r"group(?::(\d+))?", value)
+    if m:
+        size = int(m.group(1) or DEFAULT_GROUP_SIZE)
+        if size < 1:
+            raise BitconvError(f"--granularity {value}: the group size must be at least 1")
+        return "group", size
+    if value in ("tensor", "channel"):
+        return value, None
+    raise BitconvError(f"unknown --granularity {value!r}: use tensor, channel or group:N (e.g. group:64)")
+
+
+def parse_fraction(value: str | float) -> float:
+    """'0.1%' -> 0.001, '0.001' -> 0.001."""
+    text = str(value).strip()
+    try:
+        frac = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise BitconvError(f"cannot read {value!r} as a fraction: write e.g. 0.1% or 0.001") from None
+    if not 0 <= frac < 1:
+        raise BitconvError(f"{value!r} is not a fraction between 0 and 1")
+    return frac
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Every option of a conversion; serialised into config.json's quantization_config."""
+
+    bits: float = 1.58
+    granularity: str = "tensor"
+    group_size: int | None = None
+    scale_method: str = "absmean"
+    packing: str = "2bit"
+    keep_outliers: float = 0.0
+    embeddings: str = "fp16"
+    activations: str = "none"
+    keep: tuple[str, ...] = field(default_factory=tuple)
+    only: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", parse_bits(self.bits))
+        object.__setattr__(self, "keep", tuple(self.keep))
+        object.__setattr__(self, "only", tuple(self.only))
+        if self.scale_method not in SCALE_METHODS:
+            raise BitconvError(f"unknown --scale {self.scale_method!r}: use one of {', '.join(SCALE_METHODS)}")
+        if self.packing not in ("2bit", "base3"):
+            raise BitconvError(f"unknown --packing {self.packing!r}: use 2bit or base3")
+        if self.packing == "base3" and self.scheme != "ternary":
+            raise BitconvError("--packing base3 is only for --bits 1.58")
+        if self.embeddings not in ("fp16", "int8"):
+            raise BitconvError(f"unknown --embeddings {self.embeddings!r}: use fp16 or int8")
+        if self.activations not in ("none", "int8"):
+            raise BitconvError(f"unknown --activations {self.activations!r}: use none or int8")
+        if self.granularity == "group" and not self.group_size:
+            raise BitconvError("group granularity needs a group size, e.g. --granularity group:64")
+
+    @classmethod
+    def for_bits(cls, bits: float | str, granularity: str | None = None, **kwargs) -> "QuantConfig":
+        """Defaults by scheme: ternary/binary per tensor, int8 per channel, 4/2-bit per group of 64."""
+        scheme = BITS_TO_SCHEME[parse_bits(bits)]
+        if granularity is None:
+            granularity = {"int8": "channel", "uint4": "group", "uint2": "group"}.get(scheme, "tensor")
+        gran, size = parse_granularity(granularity)
+        return cls(bits=parse_bits(bits), granularity=gran, group_size=size, **kwargs)
+
+    @property
+    def scheme(self) -> str:
+        return BITS_TO_SCHEME[self.bits]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["keep"], d["only"] = list(self.keep), list(self.only)
+        d["config_version"] = CONFIG_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantConfig":
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def with_(self, **changes) -> "QuantConfig":
+        return replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reductions over granularity units
+
+
+def _reduce(x: torch.Tensor, granularity: str, group_size: int | None, op: str) -> torch.Tensor:
+    """Reduce [out, in] over each unit -> [1], [out] or [out, n_groups]. NaN entries are ignored."""
+    masked = torch.isnan(x).any().item()
+
+    def red(t: torch.Tensor, dim) -> torch.Tensor:
+        if op == "mean":
+            return torch.nanmean(t, dim=dim) if masked else t.mean(dim=dim)
+        if op == "median":
+            flat = t.flatten(start_dim=dim if isinstance(dim, int) else 0) if dim is not None else t
+            return torch.nanmedian(flat, dim=-1).values if flat.dim() else flat
+        if op == "max":
+            return torch.nan_to_num(t, nan=-math.inf).amax(dim=dim)
+        if op == "min":
+            return torch.nan_to_num(t, nan=math.inf).amin(dim=dim)
+        raise ValueError(op)
+
+    if granularity == "tensor":
+        if op == "median":
+            return torch.nanmedian(x.flatten()).reshape(1)
+        return red(x.flatten(), 0).reshape(1)
+    if granularity == "channel":
+        return red(x, 1)
+    out, n_in = x.shape
+    full = (n_in // group_size) * group_size
+    parts = []
+    if full:
+        parts.append(red(x[:, :full].reshape(out, -1, group_size), 2))
+    if full < n_in:
+        parts.append(red(x[:, full:], 1).reshape(out, 1))
+    return torch.cat(parts, dim=1)
+
+
+def expand(values: torch.Tensor, shape: tuple[int, int], granularity: str, group_size: int | None) -> torch.Tensor:
+    """Broadcastable per-element view of per-unit values."""
+    if granularity == "tensor":
+        return values.reshape(1, 1)
+    if granularity == "channel":
+        return values.reshape(-1, 1)
+    return values.repeat_interleave(group_size, dim=1)[:, : shape[1]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# quantize / dequantize on integer codes
+
+
+@dataclass
+class QuantizedWeight:
+    """Unpacked codes (int8 [out, in]) with their scales, zero points and fp16 outliers."""
+
+    spec: TensorSpec
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None = None
+    outlier_idx: torch.Tensor | None = None
+    outlier_val: torch.Tensor | None = None
+
+
+def n_outliers_for(fraction: float, numel: int) -> int:
+    return int(round(fraction * numel))
+
+
+def _outlier_indices(w: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest |w| flat indices; ties go to the lower index; returned sorted."""
+    flat = w.abs().flatten()
+    # a stable sort by descending magnitude breaks ties by index, so the choice is deterministic
+    order = torch.sort(flat, descending=True, stable=True).indices[:k]
+    return torch.sort(order).values
+
+
+def _ternary_codes(w: torch.Tensor, scale_full: torch.Tensor) -> torch.Tensor:
+    safe = torch.where(scale_full > 0, scale_full, torch.ones_like(scale_full))
+    t = torch.clamp(torch.round(w / safe), -1, 1)
+    return torch.where(scale_full > 0, t, torch.zeros_like(t))
+
+
+def _ternary_scale(w: torch.Tensor, abs_w: torch.Tensor, cfg_gran: str, gs: int | None, method: str) -> torch.Tensor:
+    if method == "absmean":
+        return _reduce(abs_w, cfg_gran, gs, "mean")
+    if method == "absmax":
+        return _reduce(abs_w, cfg_gran, gs, "max")
+    if method == "median":
+        return _reduce(abs_w, cfg_gran, gs, "median")
+    # mse: best multiple of absmean on a grid, then the least-squares scale for the chosen trits
+    base = _reduce(abs_w, cfg_gran, gs, "mean")
+    best_err = best_scale = None
+    w0 = torch.nan_to_num(w, nan=0.0)
+    for mult in MSE_GRID:
+        s = base * mult
+        t = _ternary_codes(w0, expand(s, w.shape, cfg_gran, gs))
+        dot = _reduce(torch.where(torch.isnan(w), w, w0 * t), cfg_gran, gs, "mean")
+        tt = _reduce(torch.where(torch.isnan(w), w, t * t), cfg_gran, gs, "mean")
+        fitted = torch.where(tt > 0, dot / torch.where(tt > 0, tt, torch.ones_like(tt)), torch.zeros_like(tt))
+        fit_full = expand(fitted, w.shape, cfg_gran, gs)
+        err = _reduce(torch.where(torch.isnan(w), w, (w0 - fit_full * t) ** 2), cfg_gran, gs, "mean")
+        if best_err is None:
+            best_err, best_scale = err, fitted
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_scale = torch.where(better, fitted, best_scale)
+    return best_scale
+
+
+def quantize(weight: torch.Tensor, cfg: QuantConfig, scheme: str | None = None, layout: str = "linear",
+             source_dtype: str | None = None) -> QuantizedWeight:
+    """Quantize a float weight [out, in] (linear layout) with `cfg`; `scheme` overrides cfg's (int8 embeddings)."""
+    scheme = scheme or cfg.scheme
+    if weight.dim() != 2:
+        raise BitconvError(f"only 2-D weights can be quantized, got shape {list(weight.shape)}")
+    w = weight.detach().to(torch.float32)
+    if not torch.isfinite(w).all():
+        raise BitconvError("contains NaN or Inf values")
+    gran, gs = cfg.granularity, cfg.group_size
+    if scheme == "int8" and gran == "tensor":
+        gran = "channel"
+    if scheme in ("uint4", "uint2") and gran != "group":
+        gran, gs = "group", cfg.group_size or 64
+    # outliers belong to the main scheme; int8 embeddings (a different scheme) keep none
+    k = n_outliers_for(cfg.keep_outliers, w.numel()) if scheme == cfg.scheme else 0
+    spec = TensorSpec(
+        scheme=scheme, shape=tuple(w.shape), dtype=source_dtype or str(weight.dtype).replace("torch.", ""),
+        packing=cfg.packing if scheme == "ternary" else "2bit", granularity=gran,
+        group_size=gs if gran == "group" else None, scale_method=cfg.scale_method, n_outliers=k, layout=layout,
+    )
+    idx = val = None
+    w_for_scale = w
+    if k:
+        idx = _outlier_indices(w, k)
+        val = w.flatten()[idx].to(torch.float16)
+        w_for_scale = w.flatten().clone()
+        w_for_scale[idx] = math.nan
+        w_for_scale = w_for_scale.reshape(w.shape)
+    abs_w = w_for_scale.abs()
+    zero = None
+    if scheme == "ternary":
+        scale = _ternary_scale(w_for_scale, abs_w, gran, gs, cfg.scale_method)
+        codes = _ternary_codes(w, expand(scale, w.shape, gran, gs))
+        if k:
+            codes.view(-1)[idx] = 0
+    elif scheme == "binary":
+        scale = _reduce(abs_w, gran, gs, "mean")
+        codes = torch.where(w >= 0, 1.0, -1.0)
+    elif scheme == "int8":
+        scale = _reduce(abs_w, gran, gs, "max") / 127.0
+        full = expand(scale, w.shape, gran, gs)
+        codes = torch.clamp(torch.round(w / torch.where(full > 0, full, torch.ones_like(full))), -127, 127)
+    else:
+        levels = (1 << (4 if scheme == "uint4" else 2)) - 1
+        lo = torch.clamp(_reduce(w_for_scale, gran, gs, "min"), max=0.0)
+        hi = torch.clamp(_reduce(w_for_scale, gran, gs, "max"), min=0.0)
+        scale = (hi - lo) / levels
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = torch.clamp(torch.round(-lo / safe), 0, levels)
+        codes = torch.clamp(torch.round(w / expand(safe, w.shape, gran, gs)) + expand(zero, w.shape, gran, gs), 0, levels)
+        zero = zero.to(torch.uint8)
+    scale = torch.nan_to_num(scale.to(torch.float32), nan=0.0)
+    return QuantizedWeight(spec, codes.to(torch.int8), scale, zero, idx, val)
+
+
+def dequantize(q: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    spec = q.spec
+    scale = expand(q.scale.to(torch.float32), spec.shape, spec.granularity, spec.group_size)
+    codes = q.codes.to(torch.float32)
+    if spec.scheme in ("uint4", "uint2"):
+        codes = codes - expand(q.zero.to(torch.float32), spec.shape, spec.granularity, spec.group_size)
+    w = codes * scale
+    if spec.n_outliers:
+        w = w.reshape(-1).clone()
+        w[q.outlier_idx] = q.outlier_val.to(torch.float32)
+        w = w.reshape(spec.shape)
+    return w.to(dtype)
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, cfg):  # noqa: D401 - torch API
+        return dequantize(quantize(w, cfg), w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def fake_quantize(weight: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
+    """Quantize-dequantize in the forward pass, identity gradient (straight-through estimator)."""
+    if cfg.scheme == "fp16":
+        return weight
+    return _StraightThrough.apply(weight, cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# encode / decode to the stored arrays of formats/SPEC.md
+
+
+def encode(q: QuantizedWeight) -> dict[str, np.ndarray]:
+    spec = q.spec
+    codes = q.codes.cpu().numpy()
+    if spec.scheme == "ternary":
+        packed = pack_ternary_base3(codes) if spec.packing == "base3" else pack_ternary_2bit(codes)
+    elif spec.scheme == "binary":
+        packed = pack_bits((codes > 0).astype(np.uint8), 1)
+    elif spec.scheme == "int8":
+        packed = codes.astype(np.int8)
+    else:
+        packed = pack_bits(codes.astype(np.uint8), 4 if spec.scheme == "uint4" else 2)
+    arrays = {SUFFIX_CODES: packed, SUFFIX_SCALE: q.scale.cpu().numpy().astype(np.float32).reshape(spec.scale_shape())}
+    if q.zero is not None:
+        arrays[SUFFIX_ZERO] = q.zero.cpu().numpy().astype(np.uint8).reshape(spec.shape[0], spec.n_groups)
+    if spec.n_outliers:
+        arrays[SUFFIX_OUTLIER_IDX] = q.outlier_idx.cpu().numpy().astype(np.int64)
+        arrays[SUFFIX_OUTLIER_VAL] = q.outlier_val.cpu().numpy().astype(np.float16)
+    return arrays
+
+
+def decode_codes(spec: TensorSpec, packed: np.ndarray) -> np.ndarray:
+    """Stored code bytes -> int8 codes [out, in] (trits, signs, int8 or unsigned levels)."""
+    n_in = spec.shape[1]
+    if spec.scheme == "ternary":
+        return unpack_ternary_base3(packed, n_in) if spec.packing == "base3" else unpack_ternary_2bit(packed, n_in)
+    if spec.scheme == "binary":
+        return unpack_bits(packed, 1, n_in).astype(np.int8) * 2 - 1
+    if spec.scheme == "int8":
+        return np.asarray(packed, dtype=np.int8)
+    return unpack_bits(packed, 4 if spec.scheme == "uint4" else 2, n_in).astype(np.int8)
+
+
+def decode(spec: TensorSpec, arrays: dict[str, np.ndarray]) -> QuantizedWeight:
+    codes = torch.from_numpy(decode_codes(spec, arrays[SUFFIX_CODES]).copy())
+    zero = torch.from_numpy(arrays[SUFFIX_ZERO].copy()) if SUFFIX_ZERO in arrays else None
+    idx = val = None
+    if spec.n_outliers:
+        idx = torch.from_numpy(arrays[SUFFIX_OUTLIER_IDX].astype(np.int64))
+        val = torch.from_numpy(arrays[SUFFIX_OUTLIER_VAL].astype(np.float16))
+        if idx.numel() and (idx.min() < 0 or idx.max() >= spec.shape[0] * spec.shape[1]):
+            raise BitconvError("outlier indices fall outside the weight; the file is corrupt")
+    scale = torch.from_numpy(np.asarray(arrays[SUFFIX_SCALE], dtype=np.float32).copy())
+    return QuantizedWeight(spec, codes, scale, zero, idx, val)
