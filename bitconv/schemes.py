@@ -366,3 +366,14 @@ def decode(spec: TensorSpec, arrays: dict[str, np.ndarray]) -> QuantizedWeight:
             raise BitconvError("outlier indices fall outside the weight; the file is corrupt")
     scale = torch.from_numpy(np.asarray(arrays[SUFFIX_SCALE], dtype=np.float32).copy())
     return QuantizedWeight(spec, codes, scale, zero, idx, val)
+
+
+def quantize_activations_int8(x: torch.Tensor) -> torch.Tensor:
+    """W1.58A8 activations as BitNet b1.58: per-token absmax to int8 and back (fake-quant).
+
+    s = 127 / max(|x|, 1e-5) over the last dimension; x_q = clamp(round(x * s), -128, 127) / s.
+    Used by training (with a straight-through gradient), by `load()` and mirrored by the ONNX op.
+    """
+    s = 127.0 / x.detach().abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
+    q = torch.clamp(torch.round(x * s), -128, 127) / s
+    return x + (q - x).detach()
