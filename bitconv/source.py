@@ -24,6 +24,7 @@ from bitconv.format import read_safetensors_header
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
     "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json", "chat_template.jinja",
+    "sentence_bert_config.json", "modules.json", "config_sentence_transformers.json",
 )
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -82,6 +83,9 @@ class Source:
 
     @property
     def n_bytes(self) -> int:
+        """Bytes of weights as the source stores them (for a GGUF source: the file's size)."""
+        if self.kind == "gguf":
+            return (Path(self.folder) / self.gguf_file).stat().st_size
         total = 0
         for name in self.names():
             if self._tensors:
