@@ -109,6 +109,9 @@ def open_torch_backend(source: str) -> Backend:
     from bitconv.modeling import is_bitconv_folder, load_any
     from bitconv.source import load_tokenizer, open_source
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # transformers' per-load bar would interleave with bitconv's own
     path = Path(source).expanduser()
     if not path.exists() and (source.startswith((".", "/", "~")) or source.endswith((".gguf", ".onnx"))):
         raise BitconvError(f"{source}: no such model file or folder")
