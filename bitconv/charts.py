@@ -95,7 +95,7 @@ def layer_errors(rows: list[dict]) -> str:
     ax.set_yscale("log")
     ax.set_xlabel("quantized matrix (in model order)")
     ax.set_ylabel("relative Frobenius error (log scale)")
-    ax.legend(loc="best", fontsize=8, frameon=False, ncol=2)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.grid(True, which="major", alpha=0.3)
     return _svg(fig)
 
