@@ -182,6 +182,8 @@ def _load_gguf_model(path: Path, dtype: torch.dtype = torch.float32):
 
 def _open_gguf(path: Path) -> Source:
     model = _load_gguf_model(path)
+    # a GGUF-derived config names no architecture; record the class that loaded it so load() rebuilds the same
+    model.config.architectures = [type(model).__name__]
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in model.state_dict().items():
