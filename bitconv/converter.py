@@ -110,7 +110,7 @@ def make_plan(names_shapes_dtypes: list[tuple[str, tuple[int, ...], str]], cfg: 
     for name, shape, dtype in names_shapes_dtypes:
         param = resolve_name(name, known, prefix)
         kind = kinds.get(param) if param else None
-        category = category_of(name, kind, len(shape))
+        category = category_of(name, kind, len(shape)) if dtype in FLOAT_DTYPES else "other"
         is_matrix = len(shape) == 2 and name.endswith(".weight")
         row = PlanRow(name, tuple(shape), dtype, category, "fp16", "kept in float16")
         if dtype not in FLOAT_DTYPES:
