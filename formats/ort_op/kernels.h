@@ -33,6 +33,10 @@ struct GemmProblem {
   const int32_t* q_chunk_sum = nullptr;  // [M, n_groups]: sum of q over the SIMD-chunked part of each group
   const float* q_row_scale = nullptr;    // [M]: s_m = 127 / max|A[m, :]|
   int64_t q_chunk = 0;                   // chunk width the q layout was permuted for (0: natural order)
+  // per-call tables a kernel set derives from the float activations (KernelSet::prepare_float), or null
+  const float* a_tables = nullptr;
+  // the codes regrouped by interleave_codes (built once for a constant weight), or null
+  const uint32_t* interleaved = nullptr;
   float* y = nullptr;                    // [M, N]
 };
 
@@ -64,14 +68,42 @@ inline int64_t chunked_length(int64_t g0, int64_t g1, int64_t chunk) {
   return ((g1 - g0) / chunk) * chunk;
 }
 
+// Column-interleaved codes for kernels that read 16 output rows at once: for each block of 16 rows and each run of
+// 16 input columns, the 16 rows' 32-bit code words (16 codes each) side by side. Covers floor(N / 16) row blocks
+// and floor(K / 16) column runs; the rest is read from the row-major codes.
+constexpr int64_t kInterleaveRows = 16;
+inline int64_t interleaved_words(int64_t N, int64_t K) { return (N / 16) * (K / 16) * 16; }
+inline void interleave_block(const uint8_t* codes, int64_t row_bytes, int64_t K, int64_t n0, uint32_t* dst) {
+  const int64_t runs = K / 16;
+  for (int64_t i = 0; i < kInterleaveRows; ++i) {
+    const uint8_t* row = codes + (n0 + i) * row_bytes;
+    for (int64_t c = 0; c < runs; ++c) {
+      const uint8_t* w = row + 4 * c;
+      dst[c * 16 + i] = static_cast<uint32_t>(w[0]) | static_cast<uint32_t>(w[1]) << 8 |
+                        static_cast<uint32_t>(w[2]) << 16 | static_cast<uint32_t>(w[3]) << 24;
+    }
+  }
+}
+inline void interleave_codes(const uint8_t* codes, int64_t row_bytes, int64_t N, int64_t K, uint32_t* dst) {
+  const int64_t block_words = (K / 16) * 16;
+  for (int64_t b = 0; b < N / 16; ++b) interleave_block(codes, row_bytes, K, b * 16, dst + b * block_words);
+}
+
 // Per kernel set: columns [n0, n1) of Y for every row.
 using GemmFn = void (*)(const GemmProblem& p, int64_t n0, int64_t n1);
+
+// Optional once-per-call preparation of the float activations (shared by all thread-pool tasks): the number of
+// floats of workspace it needs (0: none) and the function that fills it.
+using WorkspaceFn = int64_t (*)(const GemmProblem& p);
+using PrepareFn = void (*)(const GemmProblem& p, float* workspace);
 
 struct KernelSet {
   const char* name;
   GemmFn gemm_float;
   GemmFn gemm_int8;
   int64_t int8_chunk;  // how q must be permuted for gemm_int8 (0: natural order)
+  WorkspaceFn float_workspace = nullptr;
+  PrepareFn prepare_float = nullptr;
 };
 
 KernelSet scalar_kernels();

@@ -201,6 +201,7 @@ struct TernaryMatMulKernel {
   int64_t K = 0, N = 0, group_size = 0, act_quant = 0, packing = kPacking2Bit;
   KernelSet kernels{};
   std::vector<uint8_t> constant_codes_2bit;  // base-3 codes of a constant initializer, repacked once
+  std::vector<uint32_t> interleaved;          // interleave_codes() of a constant initializer
 
   OrtStatus* error(const std::string& what) const {
     const std::string msg = std::string(kOpType) + " node '" + node + "': " + what;
@@ -377,6 +378,7 @@ OrtStatus* TernaryMatMulKernel::compute(OrtKernelContext* ctx) {
   }
   p.codes = codes;
   p.row_bytes = row_bytes_for(K, kPacking2Bit);
+  p.interleaved = interleaved.empty() ? nullptr : interleaved.data();
 
   // outliers
   Outliers outliers;
@@ -427,6 +429,16 @@ OrtStatus* TernaryMatMulKernel::compute(OrtKernelContext* ctx) {
   if (OrtStatus* st = api->GetTensorMutableData(out, &y)) return st;
   p.y = static_cast<float*>(y);
   p.a = static_cast<const float*>(A.data);
+
+  std::vector<float> a_tables;
+  if (!act_quant && kernels.float_workspace) {
+    const int64_t n_floats = kernels.float_workspace(p);
+    if (n_floats > 0) {
+      a_tables.resize(static_cast<size_t>(n_floats));
+      kernels.prepare_float(p, a_tables.data());
+      p.a_tables = a_tables.data();
+    }
+  }
 
   std::vector<int8_t> q_natural, q_layout;
   std::vector<int32_t> q_chunk_sum;
@@ -506,8 +518,10 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
     std::string why;
     if (!select_kernels(&kernel->kernels, &why)) return kernel->error(why);
 
-    // A constant base-3 weight is repacked to 2-bit once here instead of on every run.
-    if (kernel->packing == kPackingBase3) {
+    // A constant weight (an initializer) is prepared once here instead of on every run: base-3 codes repacked to
+    // 2-bit, and the codes regrouped for kernels that read 16 output rows at once (float activations).
+    const bool wants_interleave = kernel->act_quant == 0 && kernel->kernels.prepare_float != nullptr;
+    if (kernel->packing == kPackingBase3 || wants_interleave) {
       int is_constant = 0;
       const OrtValue* value = nullptr;
       if (OrtStatus* st = api->KernelInfoGetConstantInput_tensor(info, 1, &is_constant, &value)) {
@@ -515,13 +529,22 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
       } else if (is_constant && value) {
         Tensor codes;
         if (OrtStatus* st2 = read_tensor(api, value, &codes)) return st2;
-        const int64_t rb = row_bytes_for(kernel->K, kPackingBase3);
+        const int64_t rb = row_bytes_for(kernel->K, kernel->packing);
+        // a mismatching constant is left alone here and reported by compute() with the full message
         if (codes.dtype == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 && codes.dims.size() == 2 &&
             codes.dims[0] == kernel->N && codes.dims[1] == rb) {
-          if (!base3_to_2bit(static_cast<const uint8_t*>(codes.data), kernel->N, kernel->K,
-                             &kernel->constant_codes_2bit, &why))
-            return kernel->error(why);
-        }  // a mismatching constant is reported by compute() with the full message
+          const uint8_t* two_bit = static_cast<const uint8_t*>(codes.data);
+          if (kernel->packing == kPackingBase3) {
+            if (!base3_to_2bit(two_bit, kernel->N, kernel->K, &kernel->constant_codes_2bit, &why))
+              return kernel->error(why);
+            two_bit = kernel->constant_codes_2bit.data();
+          }
+          if (wants_interleave) {
+            kernel->interleaved.resize(static_cast<size_t>(interleaved_words(kernel->N, kernel->K)));
+            interleave_codes(two_bit, row_bytes_for(kernel->K, kPacking2Bit), kernel->N, kernel->K,
+                             kernel->interleaved.data());
+          }
+        }
       }
     }
     *out = kernel.release();
