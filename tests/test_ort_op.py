@@ -343,3 +343,27 @@ def test_library_path_missing_says_how_to_build(monkeypatch, tmp_path):
     monkeypatch.setattr(bort, "__file__", str(tmp_path / "ort.py"))
     with pytest.raises(BitconvError, match=r"build_ext --inplace"):
         bort.library_path()
+
+
+def test_stored_codes_are_a_valid_matmulnbits_weight():
+    # formats/SPEC.md: the 2-bit codes are, byte for byte, com.microsoft.MatMulNBits bits=2 B with its default zero
+    # point 2; with float activations (accuracy_level 0) both ops compute the same product
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(30)
+    K, N, block = 128, 24, 32
+    inits, w, group_size = _weight(rng, N, K, granularity=f"group:{block}")
+    codes, scale = inits["qcodes"], inits["qscale"]
+    node = helper.make_node("MatMulNBits", ["A", "B", "S"], ["Y"], domain="com.microsoft", K=K, N=N, bits=2,
+                            block_size=block, accuracy_level=0)
+    graph = helper.make_graph([node], "nbits", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", K])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", N])],
+                              [numpy_helper.from_array(codes.reshape(N, K // block, block // 4), "B"),
+                               numpy_helper.from_array(scale, "S")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 9
+    a = rng.standard_normal((3, K)).astype(np.float32)
+    y_nbits = _run(model.SerializeToString(), a)
+    y_op = _run(bort.ternary_matmul_model(K, N, inits, group_size=group_size), a)
+    np.testing.assert_allclose(y_nbits, y_op, rtol=1e-4, atol=_tolerance(a, w))
+    np.testing.assert_allclose(y_op, _reference(a, w, None, False), rtol=1e-5, atol=_tolerance(a, w))
