@@ -156,7 +156,10 @@ def _onnx_session(path: Path):
     except ImportError:
         raise BitconvError(f"{path}: uses custom ops of domain {', '.join(custom)}, but this bitconv has no op library "
                            "(bitconv.ort); install a bitconv build that includes the ONNX Runtime op") from None
-    return ort.session(path), graph  # raises a BitconvError naming the missing library file
+    try:
+        return ort.session(path), graph
+    except BitconvError as exc:  # the op library is missing or does not load: say which model needed it
+        raise BitconvError(f"{path}: uses custom ops of domain {', '.join(custom)}; {exc}") from None
 
 
 def open_onnx_backend(source: str) -> Backend:

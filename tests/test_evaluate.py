@@ -161,9 +161,12 @@ def test_onnx_backend_gives_the_torch_numbers(llama, text_file, tmp_path):
     assert got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-4)
 
 
-def test_onnx_file_with_custom_op_and_no_op_library_is_one_clear_error(llama, tmp_path, monkeypatch):
+@pytest.mark.parametrize("missing", ["module", "library"])
+def test_onnx_file_with_custom_op_and_no_op_library_is_one_clear_error(tmp_path, monkeypatch, missing):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
+
+    import bitconv as package
 
     node = helper.make_node("TernaryMatMul", ["input_ids"], ["logits"], domain="bitconv")
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 4])],
@@ -171,9 +174,21 @@ def test_onnx_file_with_custom_op_and_no_op_library_is_one_clear_error(llama, tm
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("bitconv", 1)])
     path = tmp_path / "model.onnx"
     onnx.save(model, str(path))
-    monkeypatch.setitem(sys.modules, "bitconv.ort", None)  # as if this build had no op library
-    with pytest.raises(BitconvError, match=r"model\.onnx: uses custom ops of domain bitconv"):
+    if missing == "module":  # a bitconv without the ONNX op at all
+        monkeypatch.setitem(sys.modules, "bitconv.ort", None)
+        monkeypatch.delattr(package, "ort", raising=False)
+        pattern = r"model\.onnx: uses custom ops of domain bitconv, but this bitconv has no op library"
+    else:  # the module is there but its compiled library is not (a source checkout never built)
+        from bitconv import ort
+
+        def no_library():
+            raise BitconvError("the ONNX Runtime custom op library _ternary_ops.so is missing from /x: build it")
+
+        monkeypatch.setattr(ort, "library_path", no_library)
+        pattern = r"model\.onnx: uses custom ops of domain bitconv; the ONNX Runtime custom op library _ternary_ops\.so"
+    with pytest.raises(BitconvError, match=pattern) as info:
         open_backend(path)
+    assert "\n" not in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------------------
