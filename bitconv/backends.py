@@ -86,12 +86,11 @@ def open_backend(source: str | os.PathLike) -> Backend:
     return open_torch_backend(str(source))
 
 
-def model_kind(model) -> str:
-    """CAUSAL_LM, SEQUENCE_CLASSIFICATION or OTHER, from the transformers class of `model`."""
-    name = type(model).__name__
-    if name.endswith(("ForCausalLM", "LMHeadModel")):
+def model_kind(class_name: str) -> str:
+    """CAUSAL_LM, SEQUENCE_CLASSIFICATION or OTHER, from a transformers class name."""
+    if class_name.endswith(("ForCausalLM", "LMHeadModel")):
         return CAUSAL_LM
-    if name.endswith("ForSequenceClassification"):
+    if class_name.endswith("ForSequenceClassification"):
         return SEQUENCE_CLASSIFICATION
     return OTHER
 
@@ -125,7 +124,7 @@ def open_torch_backend(source: str) -> Backend:
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     return Backend(source=source, runtime="torch", origin="bitconv" if is_bitconv else "original",
-                   kind=model_kind(model), config=model.config, tokenizer=tokenizer, forward=forward, module=model,
+                   kind=model_kind(type(model).__name__), config=model.config, tokenizer=tokenizer, forward=forward, module=model,
                    quantization_config=getattr(model, "bitconv_config", None), weight_files=_weight_files(path))
 
 
@@ -191,10 +190,8 @@ def open_onnx_backend(source: str) -> Backend:
                           {n: feeds[n].numpy().astype(np.int64) for n in names})[0]
         return torch.from_numpy(out)
 
-    archs = getattr(config, "architectures", None) or []
-    arch = archs[0] if archs else ""
-    kind = CAUSAL_LM if arch.endswith(("ForCausalLM", "LMHeadModel")) else (
-        SEQUENCE_CLASSIFICATION if arch.endswith("ForSequenceClassification") else OTHER)
+    archs = getattr(config, "architectures", None) or [""]
+    kind = model_kind(archs[0])
     files = [path] + sorted(p for p in path.parent.glob(path.name + ".data"))
     qc = getattr(config, "quantization_config", None)
     return Backend(source=source, runtime="onnxruntime", origin="onnx", kind=kind, config=config, tokenizer=tokenizer,

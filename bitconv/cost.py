@@ -29,6 +29,16 @@ def disk_bytes(backend: Backend) -> dict:
     return {"weight_files": [p.name for p in files], "n_bytes": sum(p.stat().st_size for p in files)}
 
 
+def _with_totals(totals: dict[str, dict]) -> dict[str, dict]:
+    """Adds bits per weight to each category and a "total" row."""
+    n_params = sum(t["n_params"] for t in totals.values())
+    n_bytes = sum(t["n_bytes"] for t in totals.values())
+    totals["total"] = {"n_params": n_params, "n_bytes": n_bytes}
+    for t in totals.values():
+        t["bits_per_weight"] = 8 * t["n_bytes"] / t["n_params"] if t["n_params"] else None
+    return totals
+
+
 def _module_kind(module: torch.nn.Module) -> str:
     from transformers.pytorch_utils import Conv1D
 
@@ -72,12 +82,7 @@ def weight_memory(model: torch.nn.Module) -> dict:
                 n_params = module.spec.shape[0] * module.spec.shape[1] if t_name == "qcodes" else 0
             totals[category]["n_params"] += n_params
             totals[category]["n_bytes"] += tensor.numel() * tensor.element_size()
-    for t in totals.values():
-        t["bits_per_weight"] = 8 * t["n_bytes"] / t["n_params"] if t["n_params"] else None
-    n_params = sum(t["n_params"] for t in totals.values())
-    n_bytes = sum(t["n_bytes"] for t in totals.values())
-    totals["total"] = {"n_params": n_params, "n_bytes": n_bytes, "bits_per_weight": 8 * n_bytes / n_params if n_params else None}
-    return totals
+    return _with_totals(totals)
 
 
 def file_weight_bytes(folder: Path) -> dict:
@@ -89,12 +94,7 @@ def file_weight_bytes(folder: Path) -> dict:
         totals.setdefault(category, {"n_params": 0, "n_bytes": 0})
         totals[category]["n_params"] += int(t["n_params"])
         totals[category]["n_bytes"] += int(t["n_bytes"])
-    for t in totals.values():
-        t["bits_per_weight"] = 8 * t["n_bytes"] / t["n_params"] if t["n_params"] else None
-    n_params = sum(t["n_params"] for t in totals.values())
-    n_bytes = sum(t["n_bytes"] for t in totals.values())
-    totals["total"] = {"n_params": n_params, "n_bytes": n_bytes, "bits_per_weight": 8 * n_bytes / n_params if n_params else None}
-    return totals
+    return _with_totals(totals)
 
 
 def latency(backend: Backend, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
