@@ -242,7 +242,7 @@ def _data_sentence(rows: list[dict]) -> str:
                 f"{t.get('start_fraction')} to --end-fraction {t.get('end_fraction')}, at most --max-tokens "
                 f"{t.get('max_tokens')}): {m.get('n_tokens', 0):,} tokens, {m.get('n_scored_tokens', 0):,} scored "
                 f"({m.get('n_scored_bytes', 0):,} UTF-8 bytes), windows of {m.get('context')} tokens starting every "
-                f"{m.get('effective_stride')} tokens (the Hugging Face sliding-window method; only new tokens of each window are "
+                f"{m.get('effective_stride', m.get('stride'))} tokens (the Hugging Face sliding-window method; only new tokens of each window are "
                 "scored; bits per byte = total NLL in bits / UTF-8 bytes of the scored text).")
     n = m.get("n_examples")
     mode = m.get("mode", "classification")
@@ -274,7 +274,12 @@ def _blocks(rep: Report) -> list[tuple[str, object]]:
                 "latency ms/token", "peak RSS", "verdict"]]
     for r in rows:
         vs = r["metric_vs_baseline"]
-        vs_text = "n/a" if vs is None else (f"{vs:,.2f}x" if task == "perplexity" else f"{100 * vs:+.1f} pts")
+        if vs is None:
+            vs_text = "n/a"
+        elif task == "perplexity":
+            vs_text = f"{vs:,.0f}x" if vs >= 100 else f"{vs:.2f}x"
+        else:
+            vs_text = f"{100 * vs:+.1f} pts"
         summary.append([r["label"], _num(r["metric"]), vs_text, _num(r["secondary"]),
                         _num(r["bits_per_weight_linear"], ".3g"), _num(r["bits_per_weight_overall"], ".3g"),
                         _mb(r["file_bytes"]), _num(r["latency_ms_per_token"], ".3g"),

@@ -205,7 +205,7 @@ def register(app: typer.Typer) -> None:
 
         rep = build_report(results, reference=reference, collapse_factor=collapse_factor, title=title)
         if not (html or markdown or json_out):
-            console.print(rep.markdown_tables())
+            typer.echo(rep.markdown_tables())
             return
         for path in write_report(rep, html=html, markdown=markdown, json_path=json_out):
             console.print(f"wrote {path}")
