@@ -363,9 +363,10 @@ def _compact_float_initializers(model) -> None:
     for name, array in arrays.items():
         digests.setdefault(_digest(array), name)
     new_nodes, dropped = [], set()
+    order = {name: i for i, name in enumerate(arrays)}  # keep the earlier one: the module parameter, not a fold
     for name, array in arrays.items():
         original = digests.get(_digest(np.ascontiguousarray(array.T)))
-        if original is None or original == name or original in dropped:
+        if original is None or order[original] >= order[name] or original in dropped:
             continue
         if np.array_equal(arrays[original].T, array):
             new_nodes.append(helper.make_node("Transpose", [original], [name], name=f"{name}/bitconv_transpose",
