@@ -183,7 +183,7 @@ def test_bad_files_give_one_line_and_exit_1(reader, all_schemes_file, tmp_path):
         "short": (b"\x01\x02", "shorter than 8 bytes"),
         "huge header length": (struct.pack("<Q", 1 << 40) + data[8:], "corrupt safetensors header"),
         "not JSON": (struct.pack("<Q", 4) + b"{{{{", "malformed JSON"),
-        "not UTF-8": (struct.pack("<Q", 8) + b'{"\xff":1}', "invalid UTF-8"),
+        "not UTF-8": (struct.pack("<Q", 7) + b'{"\xff":1}', "invalid UTF-8"),
     }
     for label, (content, message) in cases.items():
         bad = tmp_path / f"{label}.safetensors"
