@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from bitconv.format import NP_TO_ST, FilePlan, PackedReader, PlannedTensor, StreamingSafetensorsWriter
-from bitconv.schemes import QuantConfig, decode, dequantize, encode, quantize
+from bitconv.format import PackedReader
+from bitconv.schemes import QuantConfig, decode, dequantize, quantize
+
+from packed_files import write_bitconv_file
 
 REPO = Path(__file__).resolve().parents[1]
 READER_DIR = REPO / "formats" / "reader_c"
@@ -38,24 +40,6 @@ def reader(tmp_path_factory) -> Path:
 def reader_asan(tmp_path_factory) -> Path:
     return _compile(tmp_path_factory.mktemp("reader_asan") / "bitconv-read",
                     ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"])
-
-
-def write_bitconv_file(path: Path, quantized: dict, plain: dict[str, np.ndarray]) -> None:
-    """A packed file through the reference writer (bitconv.format), as convert writes them."""
-    plan = FilePlan(path.name)
-    for name, q in quantized.items():
-        plan.specs[name] = q.spec
-        for suffix, (dtype, shape) in q.spec.stored().items():
-            plan.tensors.append(PlannedTensor(name + suffix, dtype, shape))
-    for name, arr in plain.items():
-        plan.tensors.append(PlannedTensor(name, NP_TO_ST[arr.dtype], arr.shape))
-    writer = StreamingSafetensorsWriter(path, plan)
-    for name, q in quantized.items():
-        for suffix, arr in encode(q).items():
-            writer.write(name + suffix, arr)
-    for name, arr in plain.items():
-        writer.write(name, arr)
-    writer.close()
 
 
 def write_raw_safetensors(path: Path, tensors: list[tuple[str, str, list[int], bytes]], metadata: dict | None) -> None:
