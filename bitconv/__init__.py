@@ -11,10 +11,8 @@ __all__ = ["convert", "load", "__version__"]
 
 def __getattr__(name):
     # imported lazily so that `import bitconv` (and the CLI's --help) does not pay for torch and transformers
-    # the function `convert` shares its name with the module bitconv.convert; importing the module sets the
-    # package attribute to the module, so the function is stored over it once the import is done
     if name == "convert":
-        from bitconv.convert import convert as function
+        from bitconv.converter import convert as function
     elif name == "load":
         from bitconv.modeling import load as function
     else:

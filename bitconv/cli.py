@@ -78,7 +78,7 @@ def convert(
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 2GB.")] = "2GB",
 ) -> None:
     """Convert a checkpoint into a packed bitconv folder (safetensors + config + tokenizer + card)."""
-    from bitconv.convert import convert as run_convert
+    from bitconv.converter import convert as run_convert
 
     if out is None:
         out = Path(Path(source.rstrip("/")).name.removesuffix(".gguf") + f"-{bits}")

@@ -240,7 +240,7 @@ def quantize(weight: torch.Tensor, cfg: QuantConfig, scheme: str | None = None, 
     scheme = scheme or cfg.scheme
     if weight.dim() != 2:
         raise BitconvError(f"only 2-D weights can be quantized, got shape {list(weight.shape)}")
-    w = weight.detach().to(torch.float32)
+    w = weight.detach().to(torch.float32).contiguous()
     if not torch.isfinite(w).all():
         raise BitconvError("contains NaN or Inf values")
     gran, gs = cfg.granularity, cfg.group_size

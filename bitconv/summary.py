@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv.convert import category_of
+from bitconv.converter import category_of
 from bitconv.format import ST_ITEMSIZE, PackedReader
 from bitconv.modeling import read_quantization_config
 
