@@ -16,11 +16,8 @@ from pathlib import Path
 import yaml
 
 from bitconv.errors import BitconvError
-from bitconv.format import ST_ITEMSIZE, PackedReader
+from bitconv.format import SCHEMES
 
-# names of tensors that hold token/position embeddings or the (often tied) output projection
-EMBEDDING_NAME = re.compile(r"(^|\.)(embed_tokens|embed_positions|embeddings?|wte|wpe|lm_head|shared|"
-                            r"word_embeddings|position_embeddings|token_type_embeddings)(\.|$)")
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$", re.ASCII)
 # report files looked for in the folder when no --report is given, in this order
 REPORT_NAMES = ("report.json", "bitconv-report.json", "bitconv_report.json", "eval.json", "evaluation.json")
@@ -61,30 +58,25 @@ class SizeBreakdown:
 
 
 def tensor_sizes(folder: Path) -> SizeBreakdown:
-    """Bytes by category from the safetensors headers: quantized linear weights / embeddings / everything else."""
-    reader = PackedReader(folder)
+    """Bytes by category from the safetensors headers: quantized linear weights / embeddings / everything else.
+
+    Categories follow `bitconv inspect` (bitconv.summary): embeddings include lm_head; a quantized weight
+    outside the embeddings counts as quantized linear; the rest (norms, biases, weights kept in fp16) is other.
+    """
+    from bitconv.summary import summarize
+
     sizes = SizeBreakdown()
-    for name, spec in reader.specs.items():
-        n_params = spec.shape[0] * spec.shape[1]
-        if EMBEDDING_NAME.search(name):
-            sizes.embedding_bytes += spec.n_bytes()
-            sizes.embedding_params += n_params
-        else:
-            sizes.linear_bytes += spec.n_bytes()
-            sizes.linear_params += n_params
+    for row in summarize(folder).tensors:
+        if row.category == "embedding":
+            sizes.embedding_bytes += row.n_bytes
+            sizes.embedding_params += row.n_params
+        elif row.scheme in SCHEMES:
+            sizes.linear_bytes += row.n_bytes
+            sizes.linear_params += row.n_params
             sizes.n_quantized += 1
-    for name in reader.plain_names():
-        info = reader.locations[name][1]
-        n_params = 1
-        for dim in info["shape"]:
-            n_params *= dim
-        n_bytes = ST_ITEMSIZE[info["dtype"]] * n_params
-        if EMBEDDING_NAME.search(name):
-            sizes.embedding_bytes += n_bytes
-            sizes.embedding_params += n_params
         else:
-            sizes.other_bytes += n_bytes
-            sizes.other_params += n_params
+            sizes.other_bytes += row.n_bytes
+            sizes.other_params += row.n_params
     return sizes
 
 
@@ -126,9 +118,14 @@ def source_license(folder: Path, config: dict, source: str | None) -> tuple[str 
     return None, ""
 
 
-def hub_base_model(source: str | None) -> str | None:
-    """The source as a Hub id, or None when it was a local folder or a GGUF file."""
-    if not source or source.endswith(".gguf") or Path(source).exists() or source.startswith((".", "/", "~")):
+def hub_base_model(qc: dict) -> str | None:
+    """The source as a Hub id, or None when it was a local folder or a GGUF file.
+
+    convert records a Hub source with the commit it resolved (source_revision) and a local folder by its
+    name only, without a revision; a bare name like "gpt2" is therefore a Hub id only when a revision is there.
+    """
+    source = qc.get("source")
+    if not source or not qc.get("source_revision") or source.endswith(".gguf"):
         return None
     return source if HUB_ID.match(source) else None
 
@@ -287,7 +284,7 @@ def build_model_card(folder: Path, repo_id: str, report: Path | None = None) -> 
     pipeline = next((task for arch in architectures for suffix, task in PIPELINE_BY_ARCH_SUFFIX.items()
                      if arch.endswith(suffix)), None)
     license_id, license_from = source_license(folder, config, source)
-    base_model = hub_base_model(source)
+    base_model = hub_base_model(qc)
     report = report or find_report(folder)
     rows = report_rows(report) if report else None
     sizes = tensor_sizes(folder)

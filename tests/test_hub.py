@@ -296,3 +296,23 @@ def test_offline_mode_and_bad_endpoint(folder, monkeypatch):
         push(folder, "test-user/smol-1.58", endpoint="http://127.0.0.1:9", token=TOKEN)
     with pytest.raises(BitconvError, match="not an http"):
         push(folder, "test-user/smol-1.58", endpoint="ftp://example", token=TOKEN)
+
+
+def test_push_a_converted_model_through_the_bitconv_cli(hub, tiny_gpt2, tmp_path, run_cli, monkeypatch):
+    import bitconv
+
+    out = bitconv.convert(tiny_gpt2, tmp_path / "gpt2-1.58", progress=False).out
+    code, stdout, stderr = run_cli("push", out, "test-user/gpt2-1.58")
+    assert code == 0, stderr
+    files = hub.state.head_files("test-user/gpt2-1.58")
+    for path in out.iterdir():
+        if path.name != "README.md":
+            assert files[path.name] == path.read_bytes(), path.name
+    meta = front_matter(files["README.md"].decode())
+    assert "gpt2" in meta["tags"] and "base_model" not in meta  # converted from a local folder
+    assert "pushed" in stdout
+    # through the real entry point, a rejected token is one line on stderr and exit code 1
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    code, stdout, stderr = run_cli("push", out, "test-user/gpt2-1.58")
+    assert code == 1 and "rejected the token (401 Unauthorized)" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "pushed" not in stdout.replace("pushing", "")

@@ -230,3 +230,40 @@ def test_damaged_headers_never_crash(reader_asan, all_schemes_file, tmp_path):
         for args in ((bad,), (bad, "layers.3.weight")):
             res = _run(reader_asan, *args)
             assert res.returncode in (0, 1), (trial, res.returncode, res.stderr[-2000:])
+
+
+def test_golden_vectors(reader, tmp_path):
+    """formats/golden: every tensor decoded by the C reader equals expected.json bit for bit (float32)."""
+    golden = REPO / "formats" / "golden"
+    expected = json.loads((golden / "expected.json").read_text())
+    listing = subprocess.run([str(reader), str(golden / "golden.safetensors")], check=True, capture_output=True,
+                             text=True).stdout
+    assert sorted(line.split("\t")[0] for line in listing.splitlines()) == sorted(expected)
+    for name, entry in expected.items():
+        got = read_c(reader, golden / "golden.safetensors", name, tmp_path)
+        want = np.array(entry["values"], dtype=np.float32)
+        assert got.shape == want.shape, name
+        diff = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
+        assert diff.size == 0, f"{name}: {diff.size} values differ, first at {diff[0]}: {got[diff[0]]} != {want[diff[0]]}"
+
+
+@pytest.mark.parametrize("options", [{}, {"granularity": "group:16", "packing": "base3", "keep_outliers": "1%"}],
+                         ids=["default", "group-base3-outliers"])
+def test_converted_model(reader, tiny_gpt2, tmp_path, options):
+    """A GPT-2 converted by bitconv.convert: every packed and plain tensor read by C equals the Python reader."""
+    import bitconv
+
+    out = bitconv.convert(tiny_gpt2, tmp_path / "gpt2-1.58", progress=False, **options).out
+    file = out / "model.safetensors"
+    packed = PackedReader(out)
+    names = [line.split("\t")[0] for line in
+             subprocess.run([str(reader), str(file)], check=True, capture_output=True, text=True).stdout.splitlines()]
+    assert sorted(names) == sorted([*packed.specs, *packed.plain_names()])
+    assert any(spec.layout == "conv1d" for spec in packed.specs.values())
+    for name in names:
+        got = read_c(reader, file, name, tmp_path)
+        if name in packed.specs:
+            want = dequantize(decode(packed.specs[name], packed.quantized_arrays(name))).numpy().reshape(-1)
+        else:
+            want = packed.raw(name).astype(np.float32).reshape(-1)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
