@@ -128,6 +128,17 @@ def _row_permutation(arch: str, name: str, n_rows: int, config: dict) -> np.ndar
     return None
 
 
+def _rope_theta(config: dict) -> float:
+    """RoPE base: transformers 5 keeps it in rope_parameters, 4.x in rope_theta (+ rope_scaling)."""
+    params = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or {}
+    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if rope_type != "default":
+        raise BitconvError(f"the model uses RoPE scaling '{rope_type}', which this GGUF export does not write; "
+                           "only plain RoPE models can be exported")
+    return float(params.get("rope_theta") or config.get("rope_theta") or 10000.0)
+
+
 def _write_hparams(writer, arch: str, config: dict) -> None:
     if arch == "llama":
         n_heads = config["num_attention_heads"]
@@ -139,12 +150,9 @@ def _write_hparams(writer, arch: str, config: dict) -> None:
         writer.add_head_count(n_heads)
         writer.add_head_count_kv(config.get("num_key_value_heads") or n_heads)
         writer.add_rope_dimension_count(head_dim)
-        writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+        writer.add_rope_freq_base(_rope_theta(config))
         writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
         writer.add_vocab_size(config["vocab_size"])
-        if config.get("rope_scaling"):
-            raise BitconvError("the model uses rope_scaling, which this GGUF export does not write yet; "
-                               "export a model without rope_scaling")
     else:  # gpt2
         n_embd = config.get("n_embd") or config["hidden_size"]
         writer.add_context_length(config.get("n_positions") or config.get("n_ctx", 1024))
