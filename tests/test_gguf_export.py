@@ -181,24 +181,12 @@ def test_smollm2_real_model(smollm2_gguf, tmp_path):
           f"{len(ids)} tokens, {result.n_bytes} bytes")
 
 
-def test_export_command(llama_folder, tmp_path):
-    import typer
-    from typer.testing import CliRunner
-
-    from bitconv.commands.hub import register_export
-
-    app = typer.Typer()
-    register_export(app)
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
-    res = CliRunner().invoke(app, ["export", str(llama_folder), "--gguf", str(tmp_path / "m.gguf"), "--type", "tq1_0",
-                                   "--hf-bitnet", str(tmp_path / "hf")])
-    assert res.exit_code == 0, res.output
-    assert "12 TQ1_0" in res.output and "not stored as TQ1_0" in res.output and "input width 336" in res.output
-    assert "14 layers as bitlinear" in res.output and "always quantize activations" in res.output
+def test_export_command(llama_folder, tmp_path, run_cli):
+    code, out, err = run_cli("export", llama_folder, "--gguf", tmp_path / "m.gguf", "--type", "tq1_0",
+                             "--hf-bitnet", tmp_path / "hf")
+    assert code == 0, out + err
+    assert "12 TQ1_0" in out and "not stored as TQ1_0" in out and "input width 336" in out
+    assert "14 layers as bitlinear" in out and "always quantize activations" in out
     assert (tmp_path / "m.gguf").exists() and (tmp_path / "hf" / "config.json").exists()
     res = CliRunner().invoke(app, ["export", str(llama_folder)])
     assert isinstance(res.exception, BitconvError) and "nothing to export" in str(res.exception)

@@ -1,8 +1,8 @@
 """`bitconv push`, and the GGUF / plain-transformers export paths of `bitconv export`.
 
 `register(app)` adds `push`. The `export` command is shared with the ONNX export: its options for these two
-paths are the `*Option` types below and the work is `export_gguf_path()` / `export_hf_bitnet_path()`; a
-standalone `export` covering only them is here too (`export`, registered by `register_export(app)`).
+paths are the `*Option` types below and the work is `export_gguf_path()` / `export_hf_bitnet_path()`, wired into
+the one `export` command in bitconv/commands/onnx.py.
 """
 
 from __future__ import annotations
@@ -106,29 +106,6 @@ def export_hf_bitnet_path(folder: Path, out: Path, linear_class: str = "bitlinea
         console.print(f"note: {result.activation_note}", highlight=False)
 
 
-def export(
-    folder: Annotated[Path, typer.Argument(help="A bitconv output folder.")],
-    gguf: GgufOption = None,
-    gguf_type: GgufTypeOption = "tq2_0",
-    hf_bitnet: HfBitnetOption = None,
-    bitnet_class: BitnetClassOption = "bitlinear",
-    force: ForceOption = False,
-) -> None:
-    """Export a converted folder for llama.cpp (GGUF) or plain transformers (BitNet layout)."""
-    from bitconv.errors import BitconvError
-
-    if gguf is None and hf_bitnet is None:
-        raise BitconvError("nothing to export: give --gguf FILE and/or --hf-bitnet FOLDER")
-    if gguf is not None:
-        export_gguf_path(folder, gguf, gguf_type, force)
-    if hf_bitnet is not None:
-        export_hf_bitnet_path(folder, hf_bitnet, bitnet_class, force)
-
-
 def register(app: typer.Typer) -> None:
     app.command("push", epilog=PUSH_EPILOG)(push)
 
-
-def register_export(app: typer.Typer) -> None:
-    """A standalone `export` with only --gguf / --hf-bitnet, for when no other module provides `export`."""
-    app.command("export", epilog=EXPORT_EPILOG)(export)

@@ -12,6 +12,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from bitconv.commands.hub import (
+    EXPORT_EPILOG as OTHER_FORMATS_EPILOG, BitnetClassOption, ForceOption, GgufOption, GgufTypeOption, HfBitnetOption,
+    export_gguf_path, export_hf_bitnet_path,
+)
 from bitconv.errors import BitconvError
 
 console = Console()
@@ -19,7 +23,7 @@ console = Console()
 EXPORT_EPILOG = (
     "Examples:\n\n  bitconv export ./gpt2-1.58 --onnx gpt2-1.58.onnx\n\n"
     "  bitconv export ./gpt2-1.58 --onnx gpt2-1.58-stock.onnx --target matmulnbits\n\n"
-    "  bitconv export ./gpt2-1.58 --onnx gpt2-1.58-float.onnx --target float")
+    "  bitconv export ./gpt2-1.58 --onnx gpt2-1.58-float.onnx --target float\n\n") + OTHER_FORMATS_EPILOG.removeprefix("Examples:\n\n")
 GENERATE_EPILOG = "Examples:\n\n  bitconv generate gpt2-1.58.onnx --prompt \"Hello\" --max-new-tokens 32"
 
 
@@ -28,15 +32,26 @@ def export(
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Write an ONNX model to this .onnx path.")] = None,
     target: Annotated[str, typer.Option(help="op (bitconv.TernaryMatMul), matmulnbits (stock ONNX Runtime) or float.")] = "op",
     opset: Annotated[int, typer.Option(help="ONNX opset of the default domain.")] = 17,
+    gguf: GgufOption = None,
+    gguf_type: GgufTypeOption = "tq2_0",
+    hf_bitnet: HfBitnetOption = None,
+    bitnet_class: BitnetClassOption = "bitlinear",
+    force: ForceOption = False,
 ) -> None:
-    """Export a bitconv folder: ONNX with the bitconv op, stock MatMulNBits, or the dequantized float graph."""
-    from bitconv.onnx_export import export as export_onnx
+    """Export a bitconv folder: ONNX (bitconv op, stock MatMulNBits or float), GGUF for llama.cpp, or the
+    BitNet layout plain transformers reads. Several outputs may be given at once."""
+    if onnx is None and gguf is None and hf_bitnet is None:
+        raise BitconvError("nothing to export: give an output, e.g. --onnx model.onnx, --gguf model.gguf or --hf-bitnet DIR")
+    if onnx is not None:
+        from bitconv.onnx_export import export as export_onnx
 
-    if onnx is None:
-        raise BitconvError("nothing to export: give an output, e.g. --onnx model.onnx")
-    result = export_onnx(folder, onnx, target=target, opset=opset)
-    console.print(f"wrote {result.path} ({result.kind}, target {result.target}, {result.n_replaced} packed "
-                  f"projections, {result.n_bytes / 1e6:.1f} MB)")
+        result = export_onnx(folder, onnx, target=target, opset=opset)
+        console.print(f"wrote {result.path} ({result.kind}, target {result.target}, {result.n_replaced} packed "
+                      f"projections, {result.n_bytes / 1e6:.1f} MB)")
+    if gguf is not None:
+        export_gguf_path(folder, gguf, gguf_type, force)
+    if hf_bitnet is not None:
+        export_hf_bitnet_path(folder, hf_bitnet, bitnet_class, force)
 
 
 def generate(
