@@ -188,5 +188,5 @@ def test_export_command(llama_folder, tmp_path, run_cli):
     assert "12 TQ1_0" in out and "not stored as TQ1_0" in out and "input width 336" in out
     assert "14 layers as bitlinear" in out and "always quantize activations" in out
     assert (tmp_path / "m.gguf").exists() and (tmp_path / "hf" / "config.json").exists()
-    res = CliRunner().invoke(app, ["export", str(llama_folder)])
-    assert isinstance(res.exception, BitconvError) and "nothing to export" in str(res.exception)
+    code, out, err = run_cli("export", llama_folder)
+    assert code == 1 and "nothing to export" in err
