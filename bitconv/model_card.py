@@ -152,12 +152,15 @@ def _flatten(row: dict, prefix: str = "") -> dict:
     return out
 
 
-def report_rows(report: Path) -> list[dict]:
-    """The rows of a report JSON: a list of objects, under 'rows'/'results'/'models'/'runs', or {name: {...}}."""
+def _read_report(report: Path):
     try:
-        data = json.loads(report.read_text())
+        return json.loads(report.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BitconvError(f"{report}: cannot read the report JSON ({exc}); pass the file written by `bitconv report --json`") from None
+
+
+def report_rows(data) -> list[dict] | None:
+    """The rows of a generic results JSON: a list of objects, under 'rows'/'results'/'models'/'runs', or {name: {...}}."""
     rows = None
     if isinstance(data, list):
         rows = data
@@ -170,11 +173,37 @@ def report_rows(report: Path) -> list[dict]:
             if data and all(isinstance(v, dict) for v in data.values()):
                 rows = [{"model": name, **value} for name, value in data.items()]
     if not rows or not all(isinstance(r, dict) for r in rows):
-        raise BitconvError(
-            f"{report}: no table of results in it (expected a list of objects, or one under 'rows' or 'results'); "
-            "pass the JSON written by `bitconv report --json`"
-        )
+        return None
     return [_flatten(r) for r in rows]
+
+
+def _bitconv_report_section(data: dict, report: Path) -> str:
+    """The accuracy table of a `bitconv report --json` file (schema bitconv.report): one row per run."""
+    metric = data.get("metric") or "metric"
+    header = ["model", metric, "vs baseline", "verdict", "file bytes", "bits/weight", "ms/token"]
+    rows = [[r.get("label") or r.get("name"), r.get("metric"), r.get("metric_vs_baseline"),
+             r.get("verdict") or r.get("status"), r.get("file_bytes"), r.get("bits_per_weight_overall"),
+             r.get("latency_ms_per_token")] for r in data.get("runs") or []]
+    intro = f"From `bitconv report` (`{report.name}`): {data.get('title') or 'results'}; task {data.get('task')}"
+    if data.get("baseline"):
+        intro += f", baseline {data['baseline']}"
+    return intro + ".\n\n" + markdown_table(header, rows)
+
+
+def report_section(report: Path) -> str:
+    """Markdown for the card's accuracy section from a report JSON (bitconv's own, or any table of results)."""
+    from bitconv.report import REPORT_SCHEMA
+
+    data = _read_report(report)
+    if isinstance(data, dict) and data.get("schema") == REPORT_SCHEMA and isinstance(data.get("runs"), list) and data["runs"]:
+        return _bitconv_report_section(data, report)
+    rows = report_rows(data)
+    if rows is None:
+        raise BitconvError(
+            f"{report}: no table of results in it (expected `bitconv report --json` output, a list of objects, "
+            "or one under 'rows' or 'results'); pass the JSON written by `bitconv report --json`"
+        )
+    return f"From the report `{report.name}`:\n\n" + report_table(rows)
 
 
 def _cell(value) -> str:
@@ -286,7 +315,7 @@ def build_model_card(folder: Path, repo_id: str, report: Path | None = None) -> 
     license_id, license_from = source_license(folder, config, source)
     base_model = hub_base_model(qc)
     report = report or find_report(folder)
-    rows = report_rows(report) if report else None
+    accuracy = report_section(report) if report else None
     sizes = tensor_sizes(folder)
     name = repo_id.split("/")[-1]
 
@@ -339,8 +368,8 @@ def build_model_card(folder: Path, repo_id: str, report: Path | None = None) -> 
         lines += ["", f"The same parameters in fp16 would take {human_bytes(fp16_bytes)}: this folder is "
                       f"{fp16_bytes / sizes.total_bytes:.2f}x smaller."]
     lines += ["", "## Accuracy", ""]
-    if rows:
-        lines += [f"From the bitconv report `{report.name}`:", "", report_table(rows)]
+    if accuracy:
+        lines.append(accuracy)
     else:
         lines += [
             "No evaluation report was given when this model was pushed (`bitconv push --report report.json`), so its",

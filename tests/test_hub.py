@@ -101,6 +101,7 @@ def test_report_table_from_option_and_from_folder(hub, folder, tmp_path):
         {"model": "ternary", "perplexity": 31.5, "size": {"n_bytes": 60000000}},
     ]}))
     card = plan_push(folder, "test-user/smol-1.58", report=report).card
+    assert "From the report `runs.json`" in card
     assert "| model | perplexity | size.n_bytes |" in card and "| ternary | 31.5 | 60000000 |" in card
     assert "No evaluation report" not in card
     # a report*.json inside the folder is found (and uploaded with it)
@@ -316,3 +317,26 @@ def test_push_a_converted_model_through_the_bitconv_cli(hub, tiny_gpt2, tmp_path
     code, stdout, stderr = run_cli("push", out, "test-user/gpt2-1.58")
     assert code == 1 and "rejected the token (401 Unauthorized)" in stderr
     assert len(stderr.strip().splitlines()) == 1 and "pushed" not in stdout.replace("pushing", "")
+
+
+def test_card_with_a_real_bitconv_report(hub, tiny_llama, tmp_path):
+    """The JSON of `bitconv report --json` over a real compare run becomes the card's accuracy table."""
+    from evalkit import with_tokenizer
+
+    import bitconv
+    from bitconv.compare import compare
+    from bitconv.report import build_report, write_report
+
+    model = with_tokenizer(tiny_llama, tmp_path / "llama")
+    (tmp_path / "text.txt").write_text("".join(f"Enter {i}: now is the winter of our discontent.\n" for i in range(60)))
+    compare(str(model), tmp_path / "runs", "16,1.58", task="perplexity", data=str(tmp_path / "text.txt"),
+            eval_options=dict(context=32, max_tokens=80, latency_repeats=1, progress=False), isolate=False,
+            keep_models=False, progress=False, log=lambda *a: None)
+    write_report(build_report(tmp_path / "runs"), json_path=tmp_path / "report.json")
+    runs = json.loads((tmp_path / "report.json").read_text())["runs"]
+    folder = bitconv.convert(model, tmp_path / "llama-1.58", progress=False).out
+    card = plan_push(folder, "test-user/llama-1.58", report=tmp_path / "report.json").card
+    assert "From `bitconv report` (`report.json`)" in card
+    assert "| model | perplexity | vs baseline | verdict | file bytes | bits/weight | ms/token |" in card
+    for run in runs:
+        assert f"| {run['label']} | {run['metric']:.4g} |" in card
