@@ -37,8 +37,6 @@ def push(
     """Publish a converted folder to the Hugging Face Hub in one commit, with a generated model card."""
     from bitconv.hub import format_plan, push as run_push
 
-    if not dry_run:
-        console.print(f"pushing {folder} to {repo_id} @ {revision} ...")
     result = run_push(folder, repo_id, private=private, revision=revision, dry_run=dry_run, endpoint=endpoint,
                       report=report)
     if dry_run:
