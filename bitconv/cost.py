@@ -8,6 +8,7 @@ biases, heads).
 
 from __future__ import annotations
 
+import os
 import re
 import resource
 import statistics
@@ -111,7 +112,9 @@ def latency(backend: Backend, input_ids: torch.Tensor, attention_mask: torch.Ten
     n_tokens = int(input_ids.numel())
     return {"repeats": repeats, "warmup": warmup, "input_shape": list(input_ids.shape), "median_s": median,
             "min_s": min(times), "max_s": max(times), "median_ms_per_token": 1000 * median / n_tokens,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(),
+            # other processes slow a shared machine down; the 1-minute load average says how busy it was
+            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def peak_rss_bytes() -> int:

@@ -103,6 +103,7 @@ def _row(result: dict) -> dict:
     lat = cost.get("latency") or {}
     row["latency_ms_per_token"] = lat.get("median_ms_per_token")
     row["latency_input_shape"] = lat.get("input_shape")
+    row["load_average_1min"] = lat.get("load_average_1min")
     row["peak_rss_bytes"] = cost.get("peak_rss_bytes")
     errors = [e["rel_frobenius_error"] for e in row["quantization_error"] if e.get("rel_frobenius_error") is not None]
     if errors:
@@ -347,10 +348,13 @@ def _blocks(rep: Report) -> list[tuple[str, object]]:
     blocks.append(("h2", "How this was measured"))
     env = next((r["environment"] for r in rows if r["environment"]), {})
     lat = next((r for r in rows if r["latency_input_shape"]), None)
+    load = [r["load_average_1min"] for r in rows if r.get("load_average_1min") is not None]
+    # latency on a shared machine depends on what else runs: say how busy it was
+    loads = f" (1-minute load average while timing: {min(load):.1f} to {max(load):.1f})" if load else ""
     blocks.append(("p", f"CPU: {env.get('cpu', 'n/a')}, torch threads: {env.get('torch_threads', 'n/a')}, torch "
                         f"{env.get('torch', 'n/a')}, transformers {env.get('transformers', 'n/a')}, bitconv "
                         f"{env.get('bitconv', 'n/a')}. Latency: median of repeated forward passes on one input of shape "
-                        f"{lat['latency_input_shape'] if lat else 'n/a'} after a warm-up, divided by its tokens. Peak RSS: "
+                        f"{lat['latency_input_shape'] if lat else 'n/a'} after a warm-up, divided by its tokens{loads}. Peak RSS: "
                         "the evaluating process's maximum resident memory. Bits/weight: stored bytes x 8 / weights, "
                         "for the block projections (linear) and for all weights."))
     blocks.append(("table", [["run", "result file", "conversion (s)", "evaluation (s)"]] +
