@@ -133,6 +133,7 @@ def open_torch_backend(source: str) -> Backend:
 
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
+PAST_PREFIX = "past_key_values."  # decoders exported by bitconv.onnx_export take a key/value cache
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 
 
@@ -170,11 +171,17 @@ def open_onnx_backend(source: str) -> Backend:
     if not path.is_file():
         raise BitconvError(f"{path}: no such ONNX model file")
     session, graph = _onnx_session(path)
-    names = [i.name for i in session.get_inputs()]
+    names = [i.name for i in session.get_inputs() if not i.name.startswith(PAST_PREFIX)]
+    # an empty cache [batch, kv_heads, 0, head_dim] per past input: every window is scored from scratch
+    past = [(i.name, i.shape) for i in session.get_inputs() if i.name.startswith(PAST_PREFIX)]
     unknown = [n for n in names if n not in ONNX_INPUTS]
+    unknown += [n for n, shape in past if len(shape) != 4 or not all(isinstance(d, int) for d in (shape[1], shape[3]))]
     if unknown or "input_ids" not in names:
-        raise BitconvError(f"{path}: graph inputs {names}; bitconv eval feeds only {', '.join(ONNX_INPUTS)} "
-                           "(input_ids required)")
+        raise BitconvError(f"{path}: graph inputs {names + [n for n, _ in past]}; bitconv eval feeds only "
+                           f"{', '.join(ONNX_INPUTS)} and empty {PAST_PREFIX}* caches (input_ids required)")
+    if not (path.parent / "config.json").is_file():
+        raise BitconvError(f"{path}: no config.json beside it; keep the config and tokenizer files that "
+                           "`bitconv export` copies next to the .onnx")
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(path.parent))
@@ -186,8 +193,10 @@ def open_onnx_backend(source: str) -> Backend:
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
                  "token_type_ids": torch.zeros_like(input_ids)}
-        out = session.run([session.get_outputs()[0].name],
-                          {n: feeds[n].numpy().astype(np.int64) for n in names})[0]
+        feed = {n: feeds[n].numpy().astype(np.int64) for n in names}
+        batch = input_ids.shape[0]
+        feed.update({n: np.zeros((batch, shape[1], 0, shape[3]), dtype=np.float32) for n, shape in past})
+        out = session.run([session.get_outputs()[0].name], feed)[0]
         return torch.from_numpy(out)
 
     archs = getattr(config, "architectures", None) or [""]

@@ -161,6 +161,20 @@ def test_onnx_backend_gives_the_torch_numbers(llama, text_file, tmp_path):
     assert got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-4)
 
 
+@pytest.mark.parametrize("bits,target", [(1.58, "matmulnbits"), (8, "float")])
+def test_exported_onnx_decoder_gives_the_torch_numbers(llama, text_file, tmp_path, bits, target):
+    """`bitconv export` output (a decoder with a key/value cache) evaluates like the folder it came from."""
+    from bitconv.onnx_export import export
+
+    folder = bitconv.convert(llama, tmp_path / "q", bits=bits, progress=False).out
+    onnx_path = export(folder, tmp_path / "onnx" / "model.onnx", target=target).path
+    kw = dict(context=32, stride=20, max_tokens=160, progress=False)
+    got = perplexity(open_backend(onnx_path), text_slice(text_file), **kw)
+    want = perplexity(open_backend(folder), text_slice(text_file), **kw)
+    assert got["n_scored_tokens"] == want["n_scored_tokens"] == 159
+    assert got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-4)
+
+
 @pytest.mark.parametrize("missing", ["module", "library"])
 def test_onnx_file_with_custom_op_and_no_op_library_is_one_clear_error(tmp_path, monkeypatch, missing):
     onnx = pytest.importorskip("onnx")
