@@ -1,3 +1,3 @@
-from bitconv.cli import app
+from bitconv.cli import main
 
-app()
+main()

@@ -94,6 +94,8 @@ class QuantConfig:
             raise BitconvError(f"unknown --embeddings {self.embeddings!r}: use fp16 or int8")
         if self.activations not in ("none", "int8"):
             raise BitconvError(f"unknown --activations {self.activations!r}: use none or int8")
+        if self.scheme in ("uint4", "uint2") and self.granularity != "group":
+            raise BitconvError(f"--bits {self.bits:g} is asymmetric per group: use --granularity group:N (default group:64)")
         if self.granularity == "group" and not self.group_size:
             raise BitconvError("group granularity needs a group size, e.g. --granularity group:64")
 
@@ -242,14 +244,12 @@ def quantize(weight: torch.Tensor, cfg: QuantConfig, scheme: str | None = None, 
     scheme = scheme or cfg.scheme
     if weight.dim() != 2:
         raise BitconvError(f"only 2-D weights can be quantized, got shape {list(weight.shape)}")
-    w = weight.detach().to(torch.float32)
+    w = weight.detach().to(torch.float32).contiguous()
     if not torch.isfinite(w).all():
         raise BitconvError("contains NaN or Inf values")
     gran, gs = cfg.granularity, cfg.group_size
-    if scheme == "int8" and gran == "tensor":
+    if scheme == "int8" and gran == "tensor":  # int8 embeddings under a per-tensor main scheme
         gran = "channel"
-    if scheme in ("uint4", "uint2") and gran != "group":
-        gran, gs = "group", cfg.group_size or 64
     # outliers belong to the main scheme; int8 embeddings (a different scheme) keep none
     k = n_outliers_for(cfg.keep_outliers, w.numel()) if scheme == cfg.scheme else 0
     if outlier_idx is not None:
