@@ -246,7 +246,7 @@ def load_model(source: str, task: str, labels: list[str] | None = None) -> nn.Mo
 
 def quantized_weight_names(model: nn.Module, cfg: QuantConfig) -> set[str]:
     """The weights `convert` quantizes, by its own plan, so training and conversion agree."""
-    from bitconv.convert import make_plan
+    from bitconv.converter import make_plan
     from bitconv.source import module_kinds
 
     config = model.config
@@ -827,27 +827,43 @@ def _prepare_teacher(source, cfg: RecoverConfig, rt: Runtime, data, pad_id, labe
 def write_output(model: nn.Module, tok, source: str, out: Path, cfg: RecoverConfig, outliers: dict,
                  metrics: dict, log: list, force: bool) -> None:
     """Latent weights -> temporary HF checkpoint -> bitconv.convert -> `out` (replaced atomically)."""
-    from bitconv import convert
+    from bitconv.converter import convert
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".bitconv-recover-", dir=out.parent) as tmp:
-        latent = Path(tmp) / "latent"
+        # named after the source: convert records the checkpoint folder's name as the source
+        latent = Path(tmp) / source_name(source)
         model.save_pretrained(latent, safe_serialization=True)
         tok.save_pretrained(latent)
         staged = Path(tmp) / "out"
-        convert_kwargs = dict(bits=cfg.bits, granularity=cfg.granularity, scale=cfg.scale_method,
-                              keep_outliers=cfg.keep_outliers, activations=cfg.activations, progress=False)
-        if outliers:
-            convert_kwargs["outliers"] = {name: idx.cpu().tolist() for name, idx in outliers.items()}
-        convert(str(latent), staged, **convert_kwargs)
-        config_path = staged / "config.json"
-        config = json.loads(config_path.read_text())
-        # the folder came from `source` through training, not from the temporary checkpoint
-        config["quantization_config"]["source"] = str(source)
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if out.exists() and force:
+        convert(str(latent), staged, bits=cfg.bits, granularity=cfg.granularity, scale=cfg.scale_method,
+                keep_outliers=cfg.keep_outliers, activations=cfg.activations, progress=False,
+                outliers={name: idx.cpu().tolist() for name, idx in outliers.items()} or None)
+        card = staged / "README.md"
+        card.write_text(card.read_text() + recovery_card(source, cfg, metrics))
+        if out.exists():
+            if not force:
+                raise BitconvError(f"{out} appeared during training; pass --force to replace it")
             shutil.rmtree(out)
         os.replace(staged, out)
+
+
+def source_name(source: str) -> str:
+    path = Path(str(source))
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
+def recovery_card(source: str, cfg: RecoverConfig, metrics: dict) -> str:
+    lines = ["", "## Recovered by `bitconv recover`", "",
+             f"Trained from `{source_name(source)}` with straight-through quantization-aware training"
+             + (" and distillation from the full-precision teacher" if cfg.distill else "") + ".", "",
+             "| model | result |", "|---|---|"]
+    for key, label in (("original", "original (fp)"), ("teacher", "fp teacher"), ("before", "quantized, before training"),
+                       ("after", "quantized, after training")):
+        if key in metrics:
+            lines.append(f"| {label} | {headline(metrics[key])} |")
+    lines += ["", "Recipe and full metrics: `recovery.json`.", ""]
+    return "\n".join(lines)
 
 
 def _write_record(out: Path, cfg: RecoverConfig, metrics: dict, log: list) -> None:
