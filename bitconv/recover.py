@@ -29,6 +29,7 @@ from torch import nn
 
 from bitconv import qat
 from bitconv.errors import BitconvError
+from bitconv.format import write_json_atomic
 from bitconv.schemes import BITS_TO_SCHEME, QuantConfig, parse_bits, parse_granularity
 from bitconv.training_data import (
     LabelledTexts, label_ids, label_names, read_labelled_tsv, read_text, token_blocks,
@@ -133,6 +134,7 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world: int = 1
+    owns_process_group: bool = False  # started here, so torn down here
 
     @property
     def main(self) -> bool:
@@ -163,9 +165,10 @@ def start_runtime(device: str) -> Runtime:
     if dev.type == "cuda":
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Runtime(dev, rank, world)
+    return Runtime(dev, rank, world, owns)
 
 
 def seed_everything(seed: int) -> None:
@@ -622,9 +625,9 @@ def train_model(
 
 
 def _diverged(step: int, checkpoint: Path | None, last_saved: int | None, detail: str) -> BitconvError:
-    kept = (f"the last good checkpoint ({checkpoint}, step {last_saved}) is kept; resume from it with --resume"
+    kept = (f"the last good checkpoint ({checkpoint}, step {last_saved}) is kept"
             if checkpoint is not None and last_saved is not None else "no checkpoint had been written yet")
-    return BitconvError(f"training diverged at step {step + 1} ({detail}); {kept} after lowering --lr")
+    return BitconvError(f"training diverged at step {step + 1} ({detail}); {kept}; lower --lr and rerun with --force")
 
 
 def _step_loss(model, teacher, task, data, idx, pad_id, cfg: RecoverConfig, device, use_hidden):
@@ -705,11 +708,24 @@ def recover(
     save_every: int = 500,
     progress: bool = True,
 ) -> RecoverResult:
-    """Train a quantized model back to accuracy and write it as a bitconv folder at `out`."""
-    cfg = config or RecoverConfig()
-    out = Path(out)
-    train_path, eval_path = Path(train), (Path(eval) if eval is not None else None)
+    """Train a quantized model back to accuracy and write it as a bitconv folder at `out`.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes the folder and gets the
+    metrics, the others return an empty result.
+    """
     rt = start_runtime(device)
+    try:
+        return _recover(source, Path(out), Path(train), Path(eval) if eval is not None else None,
+                        config or RecoverConfig(), rt, checkpoint_dir, resume, force, save_every, progress)
+    finally:
+        if rt.owns_process_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _recover(source: str, out: Path, train_path: Path, eval_path: Path | None, cfg: RecoverConfig, rt: Runtime,
+             checkpoint_dir, resume: bool, force: bool, save_every: int, progress: bool) -> RecoverResult:
     if out.exists() and not force:
         raise BitconvError(f"{out} already exists; pass --force to replace it or choose another --out")
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out.with_name(out.name + ".ckpt")
@@ -839,8 +855,15 @@ def write_output(model: nn.Module, tok, source: str, out: Path, cfg: RecoverConf
         convert(str(latent), staged, bits=cfg.bits, granularity=cfg.granularity, scale=cfg.scale_method,
                 keep_outliers=cfg.keep_outliers, activations=cfg.activations, progress=False,
                 outliers={name: idx.cpu().tolist() for name, idx in outliers.items()} or None)
+        # convert saw a temporary folder; name the real source, as converting it directly would, so that
+        # the same inputs give the same bytes
+        config_path = staged / "config.json"
+        config = json.loads(config_path.read_text())
+        config["_name_or_path"] = str(source)
+        write_json_atomic(config_path, config)
         card = staged / "README.md"
-        card.write_text(card.read_text() + recovery_card(source, cfg, metrics))
+        text = card.read_text().replace(f"`{latent}`", f"`{source}`")
+        card.write_text(text + recovery_card(source, cfg, metrics))
         if out.exists():
             if not force:
                 raise BitconvError(f"{out} appeared during training; pass --force to replace it")
@@ -867,6 +890,4 @@ def recovery_card(source: str, cfg: RecoverConfig, metrics: dict) -> str:
 
 
 def _write_record(out: Path, cfg: RecoverConfig, metrics: dict, log: list) -> None:
-    from bitconv.format import write_json_atomic
-
     write_json_atomic(out / "recovery.json", {"recipe": cfg.to_dict(), "metrics": metrics, "log": log})
