@@ -343,12 +343,14 @@ def prepare_lm(train: Path, eval_path: Path | None, tok, cfg: RecoverConfig) -> 
 def evaluate_classifier(model: nn.Module, data: ClassifyData, pad_id: int, device: torch.device,
                         batch_size: int = 128) -> dict:
     model.eval()
-    preds = []
-    for i in range(0, len(data.eval_ids), batch_size):
-        ids, mask = _pad(data.eval_ids[i : i + batch_size], pad_id)
+    # batches of similar length waste little on padding; predictions go back to file order
+    order = sorted(range(len(data.eval_ids)), key=lambda i: len(data.eval_ids[i]))
+    pred = torch.empty(len(order), dtype=torch.long)
+    for i in range(0, len(order), batch_size):
+        chunk = order[i : i + batch_size]
+        ids, mask = _pad([data.eval_ids[j] for j in chunk], pad_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        preds.append(logits.argmax(-1).cpu())
-    pred = torch.cat(preds)
+        pred[chunk] = logits.argmax(-1).cpu()
     y = data.eval_y
     metrics = {"accuracy": float((pred == y).float().mean()), "n_eval": int(y.numel())}
     f1 = {}
