@@ -42,11 +42,12 @@ SUITES: dict[str, dict[str, dict]] = {
         "ste": {**SPAM},
         "kd_a8": {**SPAM, "distill": True, "teacher": "@kd", "activations": "int8"},
     },
+    # "steps": "fit" = as many steps as the remaining budget allows at the speed measured by the runs before
     "smol": {
-        "kd_warmup": {**SMOL, "distill": True, "quant_warmup_steps": 300, "steps": 2000},
+        "ste_probe": {**SMOL, "steps": 30},
+        "kd_warmup": {**SMOL, "distill": True, "quant_warmup_steps": 200, "steps": "fit"},
         "ste": {**SMOL, "steps": 300},
         "kd": {**SMOL, "distill": True, "steps": 300},
-        "kd_warmup_short": {**SMOL, "distill": True, "quant_warmup_steps": 100, "steps": 300},
     },
 }
 DATA = {
@@ -86,6 +87,9 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=540)
     ap.add_argument("--only", default="", help="comma-separated run names (default: all, in order)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--reserve-s", type=float, default=120, help="fit: seconds kept for loading, evaluation, conversion")
+    ap.add_argument("--distill-cost", type=float, default=1.5, help="fit: step time with a teacher / without")
+    ap.add_argument("--max-fit-steps", type=int, default=4000)
     ap.add_argument("--smoke", action="store_true", help="3 steps per run (checks the plumbing, measures nothing)")
     args = ap.parse_args()
 
@@ -112,6 +116,13 @@ def main() -> None:
         options = dict(runs[name])
         if isinstance(options.get("teacher"), str) and options["teacher"].startswith("@"):
             options["teacher"] = str(work / f"{args.suite}-{options['teacher'][1:]}.ckpt" / "teacher")
+        if options.get("steps") == "fit":
+            if not seconds_per_step:
+                raise SystemExit(f"{name}: 'fit' steps need an earlier run to measure the speed")
+            left = args.budget_s - (time.perf_counter() - start) - args.reserve_s
+            per_step = max(seconds_per_step) * (args.distill_cost if options.get("distill") else 1.0)
+            options["steps"] = max(50, min(args.max_fit_steps, int(left / per_step)))
+            print(f"FIT {name}: {options['steps']} steps ({per_step:.3f}s/step predicted, {left:.0f}s left)", flush=True)
         if args.smoke:
             options.update(steps=3, teacher_epochs=0.002, eval_tokens=2048, phase_steps=1)
         cfg = R.RecoverConfig(**options)
