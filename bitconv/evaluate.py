@@ -207,6 +207,12 @@ def classify(backend: Backend, examples: Examples, label_map: dict[str, int] | N
         raise BitconvError(f"{backend.source}: config.json has no id2label; pass --label-map NAME=ID,...")
     y_true = label_ids(examples.labels, id2label, label_map, examples.path)
     tokenizer = backend.tokenizer
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # GPT-2 style tokenizers have no pad token; batches are padded with EOS, masked out by attention_mask
+        tokenizer.pad_token = tokenizer.eos_token
+    if backend.module is not None and getattr(backend.config, "pad_token_id", None) is None:
+        # sequence classifiers over causal models find each row's last token through pad_token_id
+        backend.config.pad_token_id = tokenizer.pad_token_id
     max_length = _max_length(backend)
     # longest first, so each batch pads little and the order (hence the result) is fixed
     order = sorted(range(len(examples.texts)), key=lambda i: (-len(examples.texts[i]), i))

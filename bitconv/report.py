@@ -47,6 +47,7 @@ class Report:
         keep = ("name", "label", "status", "error", "bits", "scheme", "metric", "metric_vs_baseline", "verdict",
                 "secondary", "file_bytes", "size_by_category", "size_source", "bits_per_weight_linear",
                 "bits_per_weight_overall", "latency_ms_per_token", "latency_input_shape", "peak_rss_bytes", "seconds",
+                "convert_seconds",
                 "quantization_error_summary", "quantization_error", "metrics")
         return {"schema": REPORT_SCHEMA, "schema_version": REPORT_SCHEMA_VERSION, "title": self.title,
                 "task": self.task, "metric": self.metric, "baseline": self.baseline,
@@ -87,7 +88,7 @@ def _row(result: dict) -> dict:
     row = {"name": result["name"], "status": result["status"], "error": result.get("error"), "bits": bits,
            "scheme": scheme, "label": _label(bits, scheme, result), "origin": model.get("origin"),
            "metric": None, "secondary": None, "metrics": result.get("metrics"), "verdict": None,
-           "metric_vs_baseline": None, "seconds": result.get("seconds"),
+           "metric_vs_baseline": None, "seconds": result.get("seconds"), "convert_seconds": run.get("convert_seconds"),
            "quantization_error": result.get("quantization_error") or [], "task": result.get("task") or {},
            "environment": result.get("environment") or {}}
     m = result.get("metrics") or {}
@@ -352,8 +353,9 @@ def _blocks(rep: Report) -> list[tuple[str, object]]:
                         f"{lat['latency_input_shape'] if lat else 'n/a'} after a warm-up, divided by its tokens. Peak RSS: "
                         "the evaluating process's maximum resident memory. Bits/weight: stored bytes x 8 / weights, "
                         "for the block projections (linear) and for all weights."))
-    blocks.append(("table", [["run", "result file", "seconds"]] +
-                   [[r["label"], r["name"] + ".json", _num(r["seconds"], ".1f")] for r in rows]))
+    blocks.append(("table", [["run", "result file", "conversion (s)", "evaluation (s)"]] +
+                   [[r["label"], r["name"] + ".json", _num(r["convert_seconds"], ".1f"), _num(r["seconds"], ".1f")]
+                    for r in rows]))
     return blocks
 
 

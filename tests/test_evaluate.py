@@ -219,6 +219,29 @@ def test_classify_matches_the_models_own_predictions(bert, tmp_path):
     assert sum(map(sum, got["confusion_matrix"]["rows_true_columns_predicted"])) == len(rows)
 
 
+def test_classify_pads_gpt2_style_models_that_have_no_pad_token(tmp_path):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=128, n_positions=64, num_labels=2,
+                        id2label={0: "ham", 1: "spam"}, label2id={"ham": 0, "spam": 1})
+    model = GPT2ForSequenceClassification(config).eval()
+    folder = tmp_path / "gpt2-spam"
+    model.save_pretrained(str(folder))
+    tok = char_tokenizer()
+    tok.pad_token = None
+    tok.eos_token = "\x01"
+    tok.save_pretrained(str(folder))
+    rows = [("hi there", "ham"), ("WIN a prize now", "spam"), ("ok", "ham")]
+    data = tmp_path / "sms.tsv"
+    data.write_text("".join(f"{y}\t{x}\n" for x, y in rows))
+    got = classify(open_backend(folder), read_examples(data, "1", "0"), batch_size=3, progress=False)
+    with torch.no_grad():  # each text alone: no padding involved
+        want = [model(torch.tensor([[ord(c) for c in x]])).logits.argmax(-1).item() for x, _ in rows]
+    expected = classification_metrics([0 if y == "ham" else 1 for _, y in rows], want, {0: "ham", 1: "spam"})
+    assert got["confusion_matrix"] == expected["confusion_matrix"]
+
+
 def test_tables_with_named_or_numbered_columns(tmp_path):
     sst = _tsv(tmp_path / "sst.tsv", [('a "quoted" film', 1), ("dull", 0)])
     ex = read_examples(sst)

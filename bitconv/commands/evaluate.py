@@ -178,7 +178,8 @@ def register(app: typer.Typer) -> None:
                                                       batch_size, text_column, label_column, header, delimiter,
                                                       label_map, labels, template, max_examples, latency_repeats)
                            | {"progress": progress},
-                           keep_models=keep_models, progress=progress, log=console.print)
+                           keep_models=keep_models, progress=progress,
+                           log=lambda line: console.print(line, markup=False, highlight=False))
         table = Table(title=f"compare {source} -> {out}")
         for col in ("run", "status", "result / error"):
             table.add_column(col)
