@@ -14,6 +14,7 @@ bytes of exactly the text those scored tokens cover.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,8 +323,6 @@ def evaluate_model(model: str, task: str, data: str, *, name: str | None = None,
     The data are read and checked before the model is loaded, so bad input fails fast. `backend` lets a
     caller that already opened the model (compare, benchmarks) reuse it.
     """
-    import time
-
     from bitconv.backends import open_backend
     from bitconv.eval_data import parse_label_map, read_examples, text_slice
     from bitconv.results import new_result
@@ -343,6 +342,9 @@ def evaluate_model(model: str, task: str, data: str, *, name: str | None = None,
     else:
         examples = read_examples(data, text_column, label_column, header, delimiter, max_examples)
         mapping = parse_label_map(label_map)
+        if labels is not None and (template is None or "{text}" not in template):
+            raise BitconvError("--labels needs --template with a {text} placeholder, "
+                               "e.g. --template \"Review: {text}\\nSentiment:\"")
         task_info = {"name": task, "data": str(data), "data_sha256": examples.file_sha256,
                      "text_column": examples.text_column, "label_column": examples.label_column,
                      "header": examples.header, "n_examples": len(examples.texts), "max_examples": max_examples,
@@ -356,8 +358,6 @@ def evaluate_model(model: str, task: str, data: str, *, name: str | None = None,
         lat_ids = torch.tensor([tokenize_text(backend.tokenizer, data_slice.text, n).ids])
     else:
         if labels is not None:
-            if template is None:
-                raise BitconvError("--labels needs --template, e.g. --template \"Review: {text}\\nSentiment:\"")
             # the shell passes "\n" as two characters; templates mean a newline
             tmpl = template.replace("\\n", "\n").replace("\\t", "\t")
             result["metrics"] = zero_shot(backend, examples, labels.split(","), tmpl, mapping, progress)

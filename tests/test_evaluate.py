@@ -316,6 +316,7 @@ def test_results_are_deterministic_apart_from_timings(llama, text_file):
     ("no_column", r"no column named 'review'"),
     ("bad_label", r"label 'maybe' \(example 2\) is not in the model's label map"),
     ("not_causal", r"perplexity needs a causal language model"),
+    ("no_template", r"--labels needs --template with a \{text\} placeholder"),
 ])
 def test_bad_input_is_one_clear_error(case, pattern, llama, bert, text_file, tmp_path):
     (tmp_path / "empty.txt").write_text("  \n")
@@ -327,6 +328,7 @@ def test_bad_input_is_one_clear_error(case, pattern, llama, bert, text_file, tmp
         "no_column": lambda: evaluate_model(str(bert), "classify", str(tsv), text_column="review"),
         "bad_label": lambda: evaluate_model(str(bert), "classify", str(tsv), progress=False),
         "not_causal": lambda: evaluate_model(str(bert), "perplexity", str(text_file), progress=False),
+        "no_template": lambda: evaluate_model("not-loaded", "classify", str(tsv), labels="a,b", template="no slot"),
     }
     with pytest.raises(BitconvError, match=pattern) as info:
         calls[case]()
