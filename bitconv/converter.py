@@ -97,7 +97,8 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def make_plan(names_shapes_dtypes: list[tuple[str, tuple[int, ...], str]], cfg: QuantConfig,
-              kinds: dict[str, str] | None = None, prefix: str = "") -> Plan:
+              kinds: dict[str, str] | None = None, prefix: str = "",
+              outliers: dict[str, list[int]] | None = None) -> Plan:
     """Decide, from names, shapes and module kinds alone, what happens to each tensor."""
     kinds = kinds or {}
     known = set(kinds)
@@ -136,6 +137,8 @@ def make_plan(names_shapes_dtypes: list[tuple[str, tuple[int, ...], str]], cfg: 
             if row.action == "int8" and gran == "tensor":
                 gran = "channel"
             n_out = n_outliers_for(cfg.keep_outliers, row.n_params) if row.action == cfg.scheme else 0
+            if outliers and name in outliers:  # explicit fp16 positions (super weights from `recover`)
+                n_out = len(set(outliers[name]))
             row.spec = TensorSpec(
                 scheme=row.action, shape=out_in, dtype=dtype,
                 packing=cfg.packing if row.action == "ternary" else "2bit", granularity=gran,
@@ -154,9 +157,12 @@ def make_plan(names_shapes_dtypes: list[tuple[str, tuple[int, ...], str]], cfg: 
     return Plan(rows, cfg)
 
 
-def plan_for_source(src: Source, cfg: QuantConfig) -> Plan:
+def plan_for_source(src: Source, cfg: QuantConfig, outliers: dict[str, list[int]] | None = None) -> Plan:
     kinds, prefix = module_kinds(src.config)
-    plan = make_plan([(n, src.shape(n), src.dtype(n)) for n in src.names()], cfg, kinds, prefix)
+    plan = make_plan([(n, src.shape(n), src.dtype(n)) for n in src.names()], cfg, kinds, prefix, outliers)
+    unplanned = sorted(set(outliers or {}) - {r.name for r in plan.quantized})
+    if unplanned:
+        raise BitconvError(f"outliers given for '{unplanned[0]}', which this conversion does not quantize")
     if cfg.scheme != "fp16" and not plan.quantized:
         raise BitconvError(f"{src.spec}: no quantizable layers found (2-D projection weights inside repeated blocks); "
                            "check the model, or select tensors with --only PATTERN")
@@ -217,12 +223,15 @@ def _to_array(tensor: torch.Tensor, planned: PlannedTensor) -> np.ndarray:
     return arr
 
 
-def _emit(row: PlanRow, tensor: torch.Tensor, cfg: QuantConfig, file_of: str) -> dict[str, np.ndarray]:
+def _emit(row: PlanRow, tensor: torch.Tensor, cfg: QuantConfig, file_of: str,
+          outlier_idx: list[int] | None = None) -> dict[str, np.ndarray]:
     if row.spec is None:
         return {row.name: _to_array(tensor, row.stored[0])}
     weight = tensor.t() if row.spec.layout == "conv1d" else tensor
+    explicit = torch.tensor(outlier_idx, dtype=torch.long) if outlier_idx is not None else None
     try:
-        q = quantize(weight, cfg, scheme=row.spec.scheme, layout=row.spec.layout, source_dtype=row.source_dtype)
+        q = quantize(weight, cfg, scheme=row.spec.scheme, layout=row.spec.layout, source_dtype=row.source_dtype,
+                     outlier_idx=explicit)
     except BitconvError as exc:  # name the file and tensor, say how to get past it
         raise BitconvError(f"{file_of}: tensor '{row.name}' {exc}; repair the checkpoint or keep it in float16 "
                            f"with --keep '{re.escape(row.name)}'") from None
@@ -236,8 +245,13 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, bits: float | str
             keep_outliers: float | str = 0.0, embeddings: str = "fp16", activations: str = "none",
             keep: tuple[str, ...] = (), only: tuple[str, ...] = (), revision: str | None = None,
             force: bool = False, dry_run: bool = False, allow_pickle: bool = False,
+            outliers: dict[str, list[int]] | None = None,
             max_shard_size: str | int = "2GB", progress: bool = True) -> ConversionResult:
-    """Convert a checkpoint (Hub id, folder or .gguf) into a packed bitconv folder at `out`."""
+    """Convert a checkpoint (Hub id, folder or .gguf) into a packed bitconv folder at `out`.
+
+    `outliers` maps a quantized tensor's name to flat indices into its [out, in] weight that are kept in
+    fp16 (super weights found by `bitconv recover --super-weights`), instead of the `keep_outliers` choice.
+    """
     from bitconv.schemes import parse_fraction
 
     start = time.perf_counter()
@@ -250,7 +264,7 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, bits: float | str
     src = open_source(source, revision=revision, allow_pickle=allow_pickle)
     if out.resolve() == Path(src.folder).resolve():
         raise BitconvError(f"{out} is the source folder; bitconv never writes into its input, choose another --out")
-    plan = plan_for_source(src, cfg)
+    plan = plan_for_source(src, cfg, outliers)
     if dry_run:
         return ConversionResult(out, plan, src.n_bytes, sum(r.n_bytes for r in plan.rows), time.perf_counter() - start)
 
@@ -273,7 +287,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, bits: float | str
 
         with task_progress(f"converting {src.spec}", total=len(plan.rows), enabled=progress) as advance:
             for row in plan.rows:
-                for name, arr in _emit(row, src.get(row.name), cfg, src.file_of(row.name)).items():
+                explicit = (outliers or {}).get(row.name)
+                for name, arr in _emit(row, src.get(row.name), cfg, src.file_of(row.name), explicit).items():
                     writer_of[name].write(name, arr)
                 advance(row.name)
         for w in writers:

@@ -38,7 +38,7 @@ def unpack_codes_torch(spec: TensorSpec, packed: torch.Tensor) -> torch.Tensor:
         digits = (rest // _POW3) % 3
         return (digits.reshape(out, -1)[:, :n_in] - 1).to(torch.int8)
     bits = {"ternary": 2, "binary": 1, "uint4": 4, "uint2": 2}[spec.scheme]
-    codes = (packed.unsqueeze(-1) >> _SHIFTS[bits]) & ((1 << bits) - 1)
+    codes = (packed.unsqueeze(-1) >> _SHIFTS[bits].to(packed.device)) & ((1 << bits) - 1)
     codes = codes.reshape(out, -1)[:, :n_in].to(torch.int8)
     if spec.scheme == "ternary":
         return codes - 2

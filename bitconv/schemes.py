@@ -240,8 +240,12 @@ def _ternary_scale(w: torch.Tensor, abs_w: torch.Tensor, cfg_gran: str, gs: int 
 
 
 def quantize(weight: torch.Tensor, cfg: QuantConfig, scheme: str | None = None, layout: str = "linear",
-             source_dtype: str | None = None) -> QuantizedWeight:
-    """Quantize a float weight [out, in] (linear layout) with `cfg`; `scheme` overrides cfg's (int8 embeddings)."""
+             source_dtype: str | None = None, outlier_idx: torch.Tensor | None = None) -> QuantizedWeight:
+    """Quantize a float weight [out, in] (linear layout) with `cfg`; `scheme` overrides cfg's (int8 embeddings).
+
+    `outlier_idx` (flat indices into [out, in], e.g. super weights found by `bitconv.super_weights`) names
+    the weights kept in fp16 explicitly; it replaces the top-|w| choice of `cfg.keep_outliers`.
+    """
     scheme = scheme or cfg.scheme
     if weight.dim() != 2:
         raise BitconvError(f"only 2-D weights can be quantized, got shape {list(weight.shape)}")
@@ -254,6 +258,11 @@ def quantize(weight: torch.Tensor, cfg: QuantConfig, scheme: str | None = None, 
         gran = "channel"
     # outliers belong to the main scheme; int8 embeddings (a different scheme) keep none
     k = n_outliers_for(cfg.keep_outliers, w.numel()) if scheme == cfg.scheme else 0
+    if outlier_idx is not None:
+        outlier_idx = torch.unique(outlier_idx.to(device=w.device, dtype=torch.long))  # sorted, as stored
+        if outlier_idx.numel() and (outlier_idx.min() < 0 or outlier_idx.max() >= w.numel()):
+            raise BitconvError(f"outlier indices fall outside the weight of shape {list(w.shape)}")
+        k = outlier_idx.numel()
     spec = TensorSpec(
         scheme=scheme, shape=tuple(w.shape), dtype=source_dtype or str(weight.dtype).replace("torch.", ""),
         packing=cfg.packing if scheme == "ternary" else "2bit", granularity=gran,
@@ -262,7 +271,7 @@ def quantize(weight: torch.Tensor, cfg: QuantConfig, scheme: str | None = None, 
     idx = val = None
     w_for_scale = w
     if k:
-        idx = _outlier_indices(w, k)
+        idx = outlier_idx if outlier_idx is not None else _outlier_indices(w, k)
         val = w.flatten()[idx].to(torch.float16)
         w_for_scale = w.flatten().clone()
         w_for_scale[idx] = math.nan
@@ -311,19 +320,19 @@ def dequantize(q: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.
 
 class _StraightThrough(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w, cfg):  # noqa: D401 - torch API
-        return dequantize(quantize(w, cfg), w.dtype)
+    def forward(ctx, w, cfg, outlier_idx):  # noqa: D401 - torch API
+        return dequantize(quantize(w, cfg, outlier_idx=outlier_idx), w.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None
+        return grad, None, None
 
 
-def fake_quantize(weight: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
+def fake_quantize(weight: torch.Tensor, cfg: QuantConfig, outlier_idx: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize-dequantize in the forward pass, identity gradient (straight-through estimator)."""
     if cfg.scheme == "fp16":
         return weight
-    return _StraightThrough.apply(weight, cfg)
+    return _StraightThrough.apply(weight, cfg, outlier_idx)
 
 
 # ---------------------------------------------------------------------------------------------------------
