@@ -26,7 +26,8 @@ class TextSlice:
     file_sha256: str
 
 
-def read_text(path: str | Path) -> str:
+def read_text(path: str | Path) -> tuple[str, str]:
+    """The file's text (UTF-8) and the SHA-256 of its bytes, read once."""
     path = Path(path).expanduser()
     if not path.exists():
         raise BitconvError(f"{path}: data file not found")
@@ -39,7 +40,7 @@ def read_text(path: str | Path) -> str:
         raise BitconvError(f"{path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
     if not text.strip():
         raise BitconvError(f"{path}: the data file is empty")
-    return text
+    return text, hashlib.sha256(raw).hexdigest()
 
 
 def text_slice(path: str | Path, start_fraction: float = 0.0, end_fraction: float = 1.0) -> TextSlice:
@@ -51,7 +52,7 @@ def text_slice(path: str | Path, start_fraction: float = 0.0, end_fraction: floa
     if not 0.0 <= start_fraction < end_fraction <= 1.0:
         raise BitconvError(f"--start-fraction {start_fraction} and --end-fraction {end_fraction}: "
                            "need 0 <= start < end <= 1")
-    text = read_text(path)
+    text, sha = read_text(path)
     n = len(text)
 
     def line_start(fraction: float) -> int:
@@ -66,7 +67,6 @@ def text_slice(path: str | Path, start_fraction: float = 0.0, end_fraction: floa
     start, end = line_start(start_fraction), line_start(end_fraction)
     if not text[start:end].strip():
         raise BitconvError(f"{path}: the slice {start_fraction}..{end_fraction} of the file holds no text; widen it")
-    sha = hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
     return TextSlice(str(path), text[start:end], start, end, n, sha)
 
 
@@ -107,7 +107,7 @@ def read_examples(path: str | Path, text_column: str = "sentence", label_column:
     comma, anything else a tab) unless given.
     """
     path = Path(path).expanduser()
-    text = read_text(path)
+    text, sha = read_text(path)
     if delimiter is None:
         delimiter = "," if path.suffix.lower() == ".csv" else "\t"
     if header is None:
@@ -131,7 +131,6 @@ def read_examples(path: str | Path, text_column: str = "sentence", label_column:
             break
     if not texts:
         raise BitconvError(f"{path}: no examples (only a header or blank lines)")
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
     return Examples(str(path), texts, labels, t_name, l_name, header, sha)
 
 
