@@ -161,7 +161,7 @@ def test_onnx_backend_gives_the_torch_numbers(llama, text_file, tmp_path):
     assert got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-4)
 
 
-@pytest.mark.parametrize("bits,target", [(1.58, "matmulnbits"), (8, "float")])
+@pytest.mark.parametrize("bits,target", [(1.58, "op"), (1.58, "matmulnbits"), (8, "float")])
 def test_exported_onnx_decoder_gives_the_torch_numbers(llama, text_file, tmp_path, bits, target):
     """`bitconv export` output (a decoder with a key/value cache) evaluates like the folder it came from."""
     from bitconv.onnx_export import export
