@@ -242,9 +242,21 @@ def load_model(source: str, task: str, labels: list[str] | None = None) -> nn.Mo
         raise BitconvError(f"{source}: cannot load it as a {task} model ({str(exc).splitlines()[0]})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    if gguf:
+        _forget_gguf_quantization(model)
     if task == "classify" and model.config.pad_token_id is None:
         model.config.pad_token_id = 0
     return model
+
+
+def _forget_gguf_quantization(model: nn.Module) -> None:
+    """transformers dequantizes a GGUF into float weights but keeps it marked as quantized, which stops
+    save_pretrained; the trained latent weights are ordinary floats, so drop the marks."""
+    for attr, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
+        if attr in vars(model):
+            setattr(model, attr, value)
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
 
 
 def quantized_weight_names(model: nn.Module, cfg: QuantConfig) -> set[str]:
