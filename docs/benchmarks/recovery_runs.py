@@ -37,12 +37,12 @@ SUITES: dict[str, dict[str, dict]] = {
     "sst2_ablation": {
         "kd": {**SST2, "epochs": 1, "distill": True},
         "ste": {**SST2, "epochs": 1},
-        "ft_ste": {**SST2, "epochs": 1, "teacher": "@kd"},
+        "kd_a8": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "activations": "int8"},
         "kd_warmup": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "quant_warmup_steps": 300},
+        "kd_sw": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "super_weights": 4},
+        "ft_ste": {**SST2, "epochs": 1, "teacher": "@kd"},
         "kd_prog": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "progressive": (8, 4, 2), "phase_steps": 100},
         "kd_hidden": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "hidden_weight": 1.0},
-        "kd_sw": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "super_weights": 4},
-        "kd_a8": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "activations": "int8"},
         "kd_group64": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "granularity": "group:64"},
     },
     "spam": {
