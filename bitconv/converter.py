@@ -111,7 +111,7 @@ def make_plan(names_shapes_dtypes: list[tuple[str, tuple[int, ...], str]], cfg: 
     for name, shape, dtype in names_shapes_dtypes:
         param = resolve_name(name, known, prefix)
         kind = kinds.get(param) if param else None
-        category = category_of(name, kind, len(shape))
+        category = category_of(name, kind, len(shape)) if dtype in FLOAT_DTYPES else "other"
         is_matrix = len(shape) == 2 and name.endswith(".weight")
         row = PlanRow(name, tuple(shape), dtype, category, "fp16", "kept in float16")
         if dtype not in FLOAT_DTYPES:
@@ -228,11 +228,13 @@ def _emit(row: PlanRow, tensor: torch.Tensor, cfg: QuantConfig, file_of: str,
     if row.spec is None:
         return {row.name: _to_array(tensor, row.stored[0])}
     weight = tensor.t() if row.spec.layout == "conv1d" else tensor
-    if not torch.isfinite(weight).all():
-        raise BitconvError(f"{file_of}: tensor '{row.name}' contains NaN or Inf; repair the checkpoint or keep it "
-                           f"in float16 with --keep '{re.escape(row.name)}'")
-    q = quantize(weight, cfg, scheme=row.spec.scheme, layout=row.spec.layout, source_dtype=row.source_dtype,
-                 outlier_idx=torch.tensor(outlier_idx, dtype=torch.long) if outlier_idx is not None else None)
+    explicit = torch.tensor(outlier_idx, dtype=torch.long) if outlier_idx is not None else None
+    try:
+        q = quantize(weight, cfg, scheme=row.spec.scheme, layout=row.spec.layout, source_dtype=row.source_dtype,
+                     outlier_idx=explicit)
+    except BitconvError as exc:  # name the file and tensor, say how to get past it
+        raise BitconvError(f"{file_of}: tensor '{row.name}' {exc}; repair the checkpoint or keep it in float16 "
+                           f"with --keep '{re.escape(row.name)}'") from None
     if q.spec != row.spec:
         raise BitconvError(f"internal error: tensor '{row.name}' quantized as {q.spec}, planned {row.spec}")
     return {row.name + suffix: arr for suffix, arr in encode(q).items()}

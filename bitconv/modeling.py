@@ -170,6 +170,8 @@ def load(path: str | os.PathLike, *, dequantize: bool = False, dtype: torch.dtyp
             _set_module(model, mod_path, PackedLinear(spec, arrays, bias, cfg.activations))
             packed_modules.append(mod_path + ".")
     missing, unexpected = model.load_state_dict(state, strict=False)
+    # old checkpoints carry buffers that newer transformers rebuild itself (non-persistent), e.g. position_ids
+    unexpected = [u for u in unexpected if u not in buffers]
     if unexpected:
         raise BitconvError(f"{folder}: tensors {unexpected[:3]} do not fit {cls.__name__}")
     tied = set(_tied_parameter_names(model))

@@ -131,9 +131,9 @@ class QuantConfig:
 # reductions over granularity units
 
 
-def _reduce(x: torch.Tensor, granularity: str, group_size: int | None, op: str) -> torch.Tensor:
-    """Reduce [out, in] over each unit -> [1], [out] or [out, n_groups]. NaN entries are ignored."""
-    masked = torch.isnan(x).any().item()
+def _reduce(x: torch.Tensor, granularity: str, group_size: int | None, op: str, masked: bool = False) -> torch.Tensor:
+    """Reduce [out, in] over each unit -> [1], [out] or [out, n_groups]. With `masked`, NaN entries
+    (the outlier positions) are left out; without it the faster unmasked reductions run."""
 
     def red(t: torch.Tensor, dim) -> torch.Tensor:
         if op == "mean":
@@ -201,30 +201,35 @@ def _outlier_indices(w: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _ternary_codes(w: torch.Tensor, scale_full: torch.Tensor) -> torch.Tensor:
+    """clamp(round(w / s), -1, 1) as float, 0 where s == 0; in place on one temporary (this is the hot loop)."""
+    if bool((scale_full > 0).all()):
+        t = w / scale_full
+        return t.round_().clamp_(-1, 1)
     safe = torch.where(scale_full > 0, scale_full, torch.ones_like(scale_full))
     t = torch.clamp(torch.round(w / safe), -1, 1)
     return torch.where(scale_full > 0, t, torch.zeros_like(t))
 
 
-def _ternary_scale(w: torch.Tensor, abs_w: torch.Tensor, cfg_gran: str, gs: int | None, method: str) -> torch.Tensor:
+def _ternary_scale(w: torch.Tensor, abs_w: torch.Tensor, cfg_gran: str, gs: int | None, method: str,
+                   masked: bool) -> torch.Tensor:
     if method == "absmean":
-        return _reduce(abs_w, cfg_gran, gs, "mean")
+        return _reduce(abs_w, cfg_gran, gs, "mean", masked)
     if method == "absmax":
-        return _reduce(abs_w, cfg_gran, gs, "max")
+        return _reduce(abs_w, cfg_gran, gs, "max", masked)
     if method == "median":
-        return _reduce(abs_w, cfg_gran, gs, "median")
+        return _reduce(abs_w, cfg_gran, gs, "median", masked)
     # mse: best multiple of absmean on a grid, then the least-squares scale for the chosen trits
-    base = _reduce(abs_w, cfg_gran, gs, "mean")
+    base = _reduce(abs_w, cfg_gran, gs, "mean", masked)
     best_err = best_scale = None
+    # outlier positions (NaN) become 0: their trit is then 0 and they add nothing to <w,t>, <t,t> or the error,
+    # and every candidate of a unit is averaged over the same count, so plain means compare correctly
     w0 = torch.nan_to_num(w, nan=0.0)
     for mult in MSE_GRID:
-        s = base * mult
-        t = _ternary_codes(w0, expand(s, w.shape, cfg_gran, gs))
-        dot = _reduce(torch.where(torch.isnan(w), w, w0 * t), cfg_gran, gs, "mean")
-        tt = _reduce(torch.where(torch.isnan(w), w, t * t), cfg_gran, gs, "mean")
+        t = _ternary_codes(w0, expand(base * mult, w.shape, cfg_gran, gs))
+        dot = _reduce(w0 * t, cfg_gran, gs, "mean")
+        tt = _reduce(t * t, cfg_gran, gs, "mean")
         fitted = torch.where(tt > 0, dot / torch.where(tt > 0, tt, torch.ones_like(tt)), torch.zeros_like(tt))
-        fit_full = expand(fitted, w.shape, cfg_gran, gs)
-        err = _reduce(torch.where(torch.isnan(w), w, (w0 - fit_full * t) ** 2), cfg_gran, gs, "mean")
+        err = _reduce((w0 - expand(fitted, w.shape, cfg_gran, gs) * t) ** 2, cfg_gran, gs, "mean")
         if best_err is None:
             best_err, best_scale = err, fitted
         else:
@@ -245,7 +250,8 @@ def quantize(weight: torch.Tensor, cfg: QuantConfig, scheme: str | None = None, 
     if weight.dim() != 2:
         raise BitconvError(f"only 2-D weights can be quantized, got shape {list(weight.shape)}")
     w = weight.detach().to(torch.float32).contiguous()
-    if not torch.isfinite(w).all():
+    # one reduction instead of an element-wise isfinite pass: any NaN or Inf makes the sum of |w| non-finite
+    if not math.isfinite(w.abs().sum().item()):
         raise BitconvError("contains NaN or Inf values")
     gran, gs = cfg.granularity, cfg.group_size
     if scheme == "int8" and gran == "tensor":  # int8 embeddings under a per-tensor main scheme
@@ -270,24 +276,25 @@ def quantize(weight: torch.Tensor, cfg: QuantConfig, scheme: str | None = None, 
         w_for_scale = w.flatten().clone()
         w_for_scale[idx] = math.nan
         w_for_scale = w_for_scale.reshape(w.shape)
+    masked = k > 0
     abs_w = w_for_scale.abs()
     zero = None
     if scheme == "ternary":
-        scale = _ternary_scale(w_for_scale, abs_w, gran, gs, cfg.scale_method)
+        scale = _ternary_scale(w_for_scale, abs_w, gran, gs, cfg.scale_method, masked)
         codes = _ternary_codes(w, expand(scale, w.shape, gran, gs))
         if k:
             codes.view(-1)[idx] = 0
     elif scheme == "binary":
-        scale = _reduce(abs_w, gran, gs, "mean")
+        scale = _reduce(abs_w, gran, gs, "mean", masked)
         codes = torch.where(w >= 0, 1.0, -1.0)
     elif scheme == "int8":
-        scale = _reduce(abs_w, gran, gs, "max") / 127.0
+        scale = _reduce(abs_w, gran, gs, "max", masked) / 127.0
         full = expand(scale, w.shape, gran, gs)
         codes = torch.clamp(torch.round(w / torch.where(full > 0, full, torch.ones_like(full))), -127, 127)
     else:
         levels = (1 << (4 if scheme == "uint4" else 2)) - 1
-        lo = torch.clamp(_reduce(w_for_scale, gran, gs, "min"), max=0.0)
-        hi = torch.clamp(_reduce(w_for_scale, gran, gs, "max"), min=0.0)
+        lo = torch.clamp(_reduce(w_for_scale, gran, gs, "min", masked), max=0.0)
+        hi = torch.clamp(_reduce(w_for_scale, gran, gs, "max", masked), min=0.0)
         scale = (hi - lo) / levels
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero = torch.clamp(torch.round(-lo / safe), 0, levels)

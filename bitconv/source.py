@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from bitconv.errors import BitconvError
@@ -27,6 +28,9 @@ TOKENIZER_FILES = (
     "sentence_bert_config.json", "modules.json", "config_sentence_transformers.json",
 )
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool}
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -43,7 +47,7 @@ class Source:
     _files: dict[str, Path] = field(default_factory=dict)  # tensor name -> safetensors file
     _headers: dict[str, dict] = field(default_factory=dict)  # tensor name -> header entry
     _tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # in-memory sources (GGUF, pickle)
-    _handles: dict = field(default_factory=dict)
+    _data_start: dict[Path, int] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return sorted(self._tensors) if self._tensors else sorted(self._files)
@@ -65,17 +69,26 @@ class Source:
         return str(self._files.get(name, self.gguf_file or self.folder))
 
     def get(self, name: str) -> torch.Tensor:
+        """One tensor, read with plain file reads: a memory map would keep every page read so far resident."""
         if self._tensors:
             return self._tensors[name]
-        from safetensors import safe_open
-
         path = self._files[name]
-        if path not in self._handles:
-            self._handles[path] = safe_open(str(path), framework="pt")
-        try:
-            return self._handles[path].get_tensor(name)
-        except Exception as exc:  # safetensors raises its own error types for corrupt data
-            raise BitconvError(f"{path}: cannot read tensor '{name}' ({exc}); re-download the checkpoint") from None
+        info = self._headers[name]
+        dtype = TORCH_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise BitconvError(f"{path}: tensor '{name}' has dtype {info['dtype']}, which bitconv cannot read")
+        begin, end = info["data_offsets"]
+        expected = int(np.prod(info["shape"], dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+        if end - begin != expected:
+            raise BitconvError(f"{path}: tensor '{name}' has {end - begin} bytes for shape {info['shape']}; the file is corrupt")
+        if expected == 0:
+            return torch.empty(info["shape"], dtype=dtype)
+        buf = bytearray(expected)
+        with open(path, "rb") as fh:
+            fh.seek(self._data_start[path] + begin)
+            if fh.readinto(buf) != expected:
+                raise BitconvError(f"{path}: truncated while reading '{name}'; re-download the checkpoint")
+        return torch.frombuffer(buf, dtype=dtype).reshape(info["shape"])
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.names():
@@ -108,7 +121,7 @@ def _load_config(folder: Path):
         raise BitconvError(f"{folder / 'config.json'}: transformers cannot read it ({str(exc).splitlines()[0]})") from None
 
 
-def _index_safetensors(folder: Path) -> tuple[dict[str, Path], dict[str, dict]]:
+def _index_safetensors(folder: Path) -> tuple[dict[str, Path], dict[str, dict], dict[Path, int]]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
         try:
@@ -121,15 +134,15 @@ def _index_safetensors(folder: Path) -> tuple[dict[str, Path], dict[str, dict]]:
                 raise BitconvError(f"{index}: points at shard '{shard}', which is missing; re-download the checkpoint")
     else:
         shard_files = sorted(p.name for p in folder.glob("*.safetensors"))
-    files, headers = {}, {}
+    files, headers, data_start = {}, {}, {}
     for shard in shard_files:
         path = folder / shard
-        header, _ = read_safetensors_header(path)
+        header, data_start[path] = read_safetensors_header(path)
         header.pop("__metadata__", None)
         for name, info in header.items():
             files[name] = path
             headers[name] = info
-    return files, headers
+    return files, headers, data_start
 
 
 def _load_pickles(folder: Path) -> dict[str, torch.Tensor]:
@@ -182,6 +195,8 @@ def _load_gguf_model(path: Path, dtype: torch.dtype = torch.float32):
 
 def _open_gguf(path: Path) -> Source:
     model = _load_gguf_model(path)
+    # a GGUF-derived config names no architecture; record the class that loaded it so load() rebuilds the same
+    model.config.architectures = [type(model).__name__]
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in model.state_dict().items():
@@ -212,9 +227,9 @@ def open_source(spec: str | os.PathLike, revision: str | None = None, allow_pick
     config = _load_config(folder)
     src = Source(spec=text, kind=kind, folder=folder, config=config,
                  revision=folder.name if kind == "hub" else revision)
-    files, headers = _index_safetensors(folder)
+    files, headers, data_start = _index_safetensors(folder)
     if files:
-        src._files, src._headers = files, headers
+        src._files, src._headers, src._data_start = files, headers, data_start
     elif list(folder.glob("*.bin")):
         if not allow_pickle:
             raise BitconvError(

@@ -60,7 +60,8 @@ def summarize(folder: str | Path) -> FolderSummary:
     for name in reader.plain_names():
         info = reader.locations[name][1]
         n = int(np.prod(info["shape"], dtype=np.int64))
-        rows.append(TensorRow(name, category_of(name, ndim=len(info["shape"])), info["dtype"].lower(), list(info["shape"]), n,
+        category = category_of(name, ndim=len(info["shape"])) if info["dtype"] in ("F16", "F32", "BF16") else "other"
+        rows.append(TensorRow(name, category, info["dtype"].lower(), list(info["shape"]), n,
                               n * ST_ITEMSIZE[info["dtype"]]))
     rows.sort(key=lambda r: r.name)
     return FolderSummary(str(folder), qc, rows, sum(f.stat().st_size for f in reader.files))

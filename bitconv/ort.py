@@ -1,0 +1,123 @@
+"""Finds the compiled TernaryMatMul custom-op library and opens ONNX Runtime sessions with it registered.
+
+The library (`bitconv/_ternary_ops.so`) is built from formats/ort_op/ by the package build (`pip install .`, or
+`python setup.py build_ext --inplace` in a checkout). Its contract -- inputs, attributes, errors, threads -- is in
+formats/ort_op/README.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bitconv.errors import BitconvError
+
+OP_DOMAIN = "bitconv"
+OP_TYPE = "TernaryMatMul"
+OP_DOMAIN_VERSION = 1
+PACKING_CODES = {"2bit": 0, "base3": 1}  # the op's `packing` attribute
+_LIBRARY_BASENAME = "_ternary_ops"
+
+
+def _library_filename() -> str:
+    if sys.platform == "win32":
+        return _LIBRARY_BASENAME + ".dll"
+    return _LIBRARY_BASENAME + (".dylib" if sys.platform == "darwin" else ".so")
+
+
+def library_path() -> Path:
+    """Path of the compiled custom-op library inside the installed package."""
+    path = Path(__file__).resolve().parent / _library_filename()
+    if not path.is_file():
+        raise BitconvError(
+            f"the ONNX Runtime custom op library {path.name} is missing from {path.parent}: build it with "
+            "`pip install .` (installed package) or `python setup.py build_ext --inplace` (source checkout)"
+        )
+    return path
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BitconvError("onnxruntime is not installed: pip install onnxruntime") from None
+    return onnxruntime
+
+
+def session_options(threads: int | None = None):
+    """SessionOptions with the custom op library registered; `threads` sets the intra-op thread count."""
+    ort = _import_onnxruntime()
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(library_path()))
+    if threads is not None:
+        if threads < 1:
+            raise BitconvError(f"threads must be at least 1, got {threads}")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def session(model_path: str | Path | bytes, threads: int | None = None,
+            providers: Sequence[str] = ("CPUExecutionProvider",)):
+    """An onnxruntime.InferenceSession for a model that may use bitconv.TernaryMatMul.
+
+    `model_path` is a .onnx file or the serialized model bytes; `threads` the intra-op threads (None: ONNX
+    Runtime's default, one per physical core).
+    """
+    ort = _import_onnxruntime()
+    if not isinstance(model_path, (bytes, bytearray)):
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise BitconvError(f"{model_path}: no such ONNX model file")
+        model_path = str(model_path)
+    return ort.InferenceSession(model_path, sess_options=session_options(threads), providers=list(providers))
+
+
+def ternary_matmul_model(K: int, N: int, initializers: dict[str, np.ndarray], *, group_size: int = 0,
+                         act_quant: bool = False, packing: str = "2bit", a_shape: Sequence[int | str] | None = None,
+                         opset: int = 17) -> bytes:
+    """A one-node model Y = TernaryMatMul(A, codes, scale[, outlier_idx, outlier_val][, bias]), serialized.
+
+    `initializers` holds the stored arrays by their format suffix names: "qcodes", "qscale", and optionally
+    "outlier_idx", "outlier_val", "bias" (as `bitconv.schemes.encode` returns them, plus a bias). Arrays are
+    stored as given (no dtype conversion), so tests can feed deliberately wrong inputs. The graph input is "A"
+    with shape `a_shape` (default ["M", K]; the last entry should be K), the output "Y".
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if packing not in PACKING_CODES:
+        raise BitconvError(f"unknown packing {packing!r}: use 2bit or base3")
+    names = {"qcodes": "codes", "qscale": "scale", "outlier_idx": "outlier_idx", "outlier_val": "outlier_val",
+             "bias": "bias"}
+    unknown = set(initializers) - set(names)
+    if unknown:
+        raise BitconvError(f"unknown initializer keys {sorted(unknown)}: use {sorted(names)}")
+    a_shape = list(a_shape) if a_shape is not None else ["M", int(K)]
+    inputs = ["A", "codes", "scale"]
+    has_outliers = "outlier_idx" in initializers or "outlier_val" in initializers
+    if has_outliers:
+        inputs += [names["outlier_idx"] if "outlier_idx" in initializers else "",
+                   names["outlier_val"] if "outlier_val" in initializers else ""]
+    if "bias" in initializers:
+        if not has_outliers:
+            inputs += ["", ""]  # omitted optional inputs keep their positions
+        inputs.append("bias")
+    node = helper.make_node(OP_TYPE, inputs, ["Y"], domain=OP_DOMAIN, name="ternary_matmul", K=int(K), N=int(N),
+                            group_size=int(group_size), act_quant=int(bool(act_quant)),
+                            packing=PACKING_CODES[packing])
+    tensors = [numpy_helper.from_array(np.asarray(v), names[k]) for k, v in initializers.items()]
+    out_shape = list(a_shape[:-1]) + [int(N)]
+    graph = helper.make_graph(
+        [node], "ternary_matmul",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, list(a_shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, out_shape)],
+        initializer=tensors,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid(OP_DOMAIN, OP_DOMAIN_VERSION)])
+    model.ir_version = min(model.ir_version, 9)  # readable by every onnxruntime this project supports
+    return model.SerializeToString()

@@ -1,0 +1,661 @@
+// The bitconv.TernaryMatMul custom op for ONNX Runtime: Y = A @ W^T (+ outliers) (+ bias) with W stored exactly as
+// the bitconv packed format stores a ternary weight (formats/SPEC.md). See formats/ort_op/README.md for the
+// contract (inputs, attributes, errors, threads).
+//
+// This file: registration, attribute and input validation, activation quantization, the base-3 -> 2-bit repack,
+// threading, outliers and bias. The arithmetic lives in kernels_*.cc.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "ort_abi.h"
+
+#define BITCONV_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace bitconv {
+namespace {
+
+constexpr const char* kDomain = "bitconv";
+constexpr const char* kOpType = "TernaryMatMul";
+constexpr const char* kInputNames[] = {"A", "codes", "scale", "outlier_idx", "outlier_val", "bias"};
+constexpr size_t kNumInputs = 6;
+constexpr size_t kFirstOptionalInput = 3;
+constexpr int64_t kColumnsPerTask = 64;  // output columns one thread-pool task computes
+
+enum Packing : int64_t { kPacking2Bit = 0, kPackingBase3 = 1 };
+
+// ---------------------------------------------------------------------------------------------------------------
+// kernel selection
+
+#if defined(__x86_64__) || defined(__i386__)
+// __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0), not only CPUID.
+bool cpu_has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+bool cpu_has_avx512() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
+}
+#else
+bool cpu_has_avx2() { return false; }
+bool cpu_has_avx512() { return false; }
+#endif
+
+// BITCONV_ORT_ISA=scalar|avx2|avx512 forces a kernel set (tests exercise each); unset or "auto" picks the best the
+// CPU has. Read when a session creates the kernel, so a process can run sessions on different paths.
+bool select_kernels(KernelSet* out, std::string* error) {
+  const char* env = std::getenv("BITCONV_ORT_ISA");
+  const std::string want = env ? env : "";
+  if (want.empty() || want == "auto") {
+    *out = cpu_has_avx512() ? avx512_kernels() : cpu_has_avx2() ? avx2_kernels() : scalar_kernels();
+    return true;
+  }
+  if (want == "scalar") {
+    *out = scalar_kernels();
+    return true;
+  }
+  if (want == "avx2") {
+    if (!cpu_has_avx2()) {
+      *error = "BITCONV_ORT_ISA=avx2 but this CPU lacks AVX2/FMA; unset it or choose scalar";
+      return false;
+    }
+    *out = avx2_kernels();
+    return true;
+  }
+  if (want == "avx512") {
+    if (!cpu_has_avx512()) {
+      *error = "BITCONV_ORT_ISA=avx512 but this CPU lacks AVX-512 F/BW/VL/DQ/VNNI; unset it or choose avx2 or scalar";
+      return false;
+    }
+    *out = avx512_kernels();
+    return true;
+  }
+  *error = "BITCONV_ORT_ISA=" + want + " is not one of auto, scalar, avx2, avx512";
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// small helpers over the C API
+
+struct Api {
+  const OrtApi* ort = nullptr;
+  uint32_t version = 0;
+};
+Api g_api;  // set once by RegisterCustomOps
+
+std::string shape_str(const std::vector<int64_t>& dims) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < dims.size(); ++i) s << (i ? ", " : "") << dims[i];
+  s << "]";
+  return s.str();
+}
+
+const char* dtype_name(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
+    default: return "another dtype";
+  }
+}
+
+struct Tensor {
+  ONNXTensorElementDataType dtype = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> dims;
+  const void* data = nullptr;
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : dims) n *= d;
+    return n;
+  }
+};
+
+OrtStatus* read_tensor(const OrtApi* api, const OrtValue* value, Tensor* out) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  if (OrtStatus* st = api->GetTensorTypeAndShape(value, &info)) return st;
+  size_t rank = 0;
+  OrtStatus* st = api->GetTensorElementType(info, &out->dtype);
+  if (!st) st = api->GetDimensionsCount(info, &rank);
+  if (!st) {
+    out->dims.assign(rank, 0);
+    st = api->GetDimensions(info, out->dims.data(), rank);
+  }
+  api->ReleaseTensorTypeAndShapeInfo(info);
+  if (st) return st;
+  void* data = nullptr;
+  if (OrtStatus* s2 = api->GetTensorMutableData(const_cast<OrtValue*>(value), &data)) return s2;
+  out->data = data;
+  return nullptr;
+}
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1f;
+  const uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: exact as a float
+      const float v = std::ldexp(static_cast<float>(mant), -24);
+      std::memcpy(&bits, &v, 4);
+      bits |= sign;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+int64_t row_bytes_for(int64_t K, int64_t packing) { return packing == kPackingBase3 ? (K + 4) / 5 : (K + 3) / 4; }
+
+// Base-3 rows (five trits a byte, byte = sum (t_i + 1) * 3^i) -> 2-bit rows (code = t + 2, padding 2).
+bool base3_to_2bit(const uint8_t* src, int64_t N, int64_t K, std::vector<uint8_t>* dst, std::string* error) {
+  const int64_t src_row = row_bytes_for(K, kPackingBase3), dst_row = row_bytes_for(K, kPacking2Bit);
+  dst->assign(static_cast<size_t>(N * dst_row), 0);
+  for (int64_t n = 0; n < N; ++n) {
+    const uint8_t* s = src + n * src_row;
+    uint8_t* d = dst->data() + n * dst_row;
+    for (int64_t k = 0; k < dst_row * 4; ++k) {
+      int code = 2;
+      if (k < K) {
+        int byte = s[k / 5];
+        if (byte > 242) {
+          std::ostringstream e;
+          e << "input 'codes' (base-3) row " << n << " has byte " << byte
+            << " > 242, which no five trits make: the tensor is corrupt";
+          *error = e.str();
+          return false;
+        }
+        for (int64_t i = 0; i < k % 5; ++i) byte /= 3;
+        code = byte % 3 + 1;
+      }
+      d[k >> 2] |= static_cast<uint8_t>(code << (2 * (k & 3)));
+    }
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// the kernel
+
+struct TernaryMatMulKernel {
+  const OrtApi* api = nullptr;
+  std::string node;
+  int64_t K = 0, N = 0, group_size = 0, act_quant = 0, packing = kPacking2Bit;
+  KernelSet kernels{};
+  std::vector<uint8_t> constant_codes_2bit;  // base-3 codes of a constant initializer, repacked once
+  std::vector<uint32_t> interleaved;          // interleave_codes() of a constant initializer
+
+  OrtStatus* error(const std::string& what) const {
+    const std::string msg = std::string(kOpType) + " node '" + node + "': " + what;
+    return api->CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str());
+  }
+
+  OrtStatus* compute(OrtKernelContext* ctx);
+};
+
+struct Outliers {
+  const int64_t* idx = nullptr;
+  const uint16_t* val = nullptr;  // float16 bits
+  int64_t count = 0;
+};
+
+struct Task {
+  const GemmProblem* p;
+  GemmFn gemm;
+  const Outliers* outliers;
+  const float* bias;
+  const int8_t* q_natural;  // int8 activations in natural order (act_quant = 1), else null
+  int64_t n_tasks;
+};
+
+void run_task(void* user, size_t index) {
+  const Task& t = *static_cast<const Task*>(user);
+  const GemmProblem& p = *t.p;
+  const int64_t n0 = static_cast<int64_t>(index) * kColumnsPerTask;
+  const int64_t n1 = std::min(p.N, n0 + kColumnsPerTask);
+  t.gemm(p, n0, n1);
+  // outliers of rows [n0, n1): the spec stores code 2 (zero) under them, so they are a sparse correction
+  if (t.outliers->count) {
+    const int64_t* begin = t.outliers->idx;
+    const int64_t* end = begin + t.outliers->count;
+    const int64_t* it = std::lower_bound(begin, end, n0 * p.K);
+    const int64_t* stop = std::lower_bound(it, end, n1 * p.K);
+    for (; it != stop; ++it) {
+      const int64_t n = *it / p.K, k = *it % p.K;
+      const float v = half_to_float(t.outliers->val[it - begin]);
+      for (int64_t m = 0; m < p.M; ++m) {
+        const float a = t.q_natural ? static_cast<float>(t.q_natural[m * p.K + k]) / p.q_row_scale[m]
+                                    : p.a[m * p.K + k];
+        p.y[m * p.N + n] += a * v;
+      }
+    }
+  }
+  if (t.bias)
+    for (int64_t m = 0; m < p.M; ++m)
+      for (int64_t n = n0; n < n1; ++n) p.y[m * p.N + n] += t.bias[n];
+}
+
+// int8 per-token absmax, exactly as bitconv.schemes.quantize_activations_int8:
+// s = 127 / max(max|x|, 1e-5), q = clamp(round_half_even(x * s), -128, 127).
+void quantize_rows(const float* a, int64_t M, int64_t K, int8_t* q, float* row_scale) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* x = a + m * K;
+    float amax = 0.f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[k]));
+    const float s = 127.0f / std::max(amax, 1e-5f);
+    row_scale[m] = s;
+    for (int64_t k = 0; k < K; ++k) {
+      // nearbyint rounds half to even in the default rounding mode; fmin/fmax also map NaN into range
+      const float v = std::fmin(std::fmax(std::nearbyint(x[k] * s), -128.f), 127.f);
+      q[m * K + k] = static_cast<int8_t>(v);
+    }
+  }
+}
+
+// Lay out q for the SIMD int8 kernels: inside each group, every full chunk of `chunk` values is reordered so that
+// position L * (chunk / 4) + b holds value 4b + L (the order in which the kernels unpack the 2-bit codes); the rest
+// of the group stays in natural order. Also returns the sum of q over each group's chunked part.
+void layout_int8_rows(const int8_t* q, int64_t M, int64_t K, int64_t group_size, int64_t n_groups, int64_t chunk,
+                      int8_t* out, int32_t* chunk_sum) {
+  std::memcpy(out, q, static_cast<size_t>(M * K));
+  for (int64_t m = 0; m < M; ++m) {
+    const int8_t* src = q + m * K;
+    int8_t* dst = out + m * K;
+    for (int64_t g = 0, g0 = 0; g < n_groups; ++g, g0 += group_size) {
+      const int64_t g1 = std::min(K, g0 + group_size);
+      const int64_t len = chunked_length(g0, g1, chunk);
+      int32_t sum = 0;
+      for (int64_t k = g0; k < g0 + len; ++k) sum += src[k];
+      chunk_sum[m * n_groups + g] = sum;
+      for (int64_t c0 = g0; c0 < g0 + len; c0 += chunk)
+        for (int64_t lane = 0; lane < 4; ++lane)
+          for (int64_t b = 0; b < chunk / 4; ++b) dst[c0 + lane * (chunk / 4) + b] = src[c0 + 4 * b + lane];
+    }
+  }
+}
+
+OrtStatus* TernaryMatMulKernel::compute(OrtKernelContext* ctx) {
+  size_t n_inputs = 0;
+  if (OrtStatus* st = api->KernelContext_GetInputCount(ctx, &n_inputs)) return st;
+  if (n_inputs < kFirstOptionalInput || n_inputs > kNumInputs)
+    return error("expects 3 to 6 inputs (A, codes, scale[, outlier_idx, outlier_val, bias]), got " +
+                 std::to_string(n_inputs));
+  Tensor in[kNumInputs];
+  bool present[kNumInputs] = {};
+  for (size_t i = 0; i < n_inputs; ++i) {
+    const OrtValue* v = nullptr;
+    if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
+    if (!v) {
+      if (i < kFirstOptionalInput) return error(std::string("required input '") + kInputNames[i] + "' is missing");
+      continue;  // an omitted optional input
+    }
+    if (OrtStatus* st = read_tensor(api, v, &in[i])) return st;
+    present[i] = true;
+  }
+  auto dtype_error = [&](size_t i, const char* want) {
+    return error(std::string("input '") + kInputNames[i] + "' must be " + want + ", got " + dtype_name(in[i].dtype));
+  };
+
+  // A [..., K]
+  const Tensor& A = in[0];
+  if (A.dtype != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return dtype_error(0, "float32");
+  if (A.dims.empty()) return error("input 'A' must have at least one dimension [..., K], got a scalar");
+  if (A.dims.back() != K)
+    return error("input 'A' has last dimension " + std::to_string(A.dims.back()) + " (shape " + shape_str(A.dims) +
+                 "), but the packed weight has K=" + std::to_string(K) + " input features");
+  for (int64_t d : A.dims)
+    if (d <= 0) return error("input 'A' has shape " + shape_str(A.dims) + " with zero rows; nothing to multiply");
+  const int64_t M = A.numel() / K;
+
+  // codes [N, row_bytes]
+  const Tensor& C = in[1];
+  if (C.dtype != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) return dtype_error(1, "uint8 (packed codes)");
+  const int64_t row_bytes = row_bytes_for(K, packing);
+  const char* packing_name = packing == kPackingBase3 ? "base-3 packing (ceil(K/5))" : "2-bit packing (ceil(K/4))";
+  if (C.dims.size() != 2 || C.dims[0] != N || C.dims[1] != row_bytes)
+    return error("input 'codes' has shape " + shape_str(C.dims) + ", expected [" + std::to_string(N) + ", " +
+                 std::to_string(row_bytes) + "] for N=" + std::to_string(N) + ", K=" + std::to_string(K) + " with " +
+                 packing_name + "; wrong byte length or wrong K/N attributes for this weight");
+
+  // scale
+  const Tensor& S = in[2];
+  if (S.dtype != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return dtype_error(2, "float32");
+  GemmProblem p;
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.scale = static_cast<const float*>(S.data);
+  if (group_size > 0) {
+    p.scale_kind = ScaleKind::kGroup;
+    p.group_size = group_size;
+    p.n_groups = (K + group_size - 1) / group_size;
+    if (S.dims.size() != 2 || S.dims[0] != N || S.dims[1] != p.n_groups)
+      return error("input 'scale' has shape " + shape_str(S.dims) + ", expected [" + std::to_string(N) + ", " +
+                   std::to_string(p.n_groups) + "] (one per output row and group of " + std::to_string(group_size) +
+                   " input columns)");
+  } else {
+    p.group_size = K;
+    p.n_groups = 1;
+    if (S.dims.size() == 1 && S.dims[0] == 1) {
+      p.scale_kind = ScaleKind::kTensor;
+    } else if (S.dims.size() == 1 && S.dims[0] == N) {
+      p.scale_kind = ScaleKind::kChannel;
+    } else {
+      return error("input 'scale' has shape " + shape_str(S.dims) + ", expected [1] (per tensor) or [" +
+                   std::to_string(N) + "] (per output channel); grouped scales need the group_size attribute");
+    }
+  }
+
+  // the 2-bit codes the kernels read
+  const uint8_t* codes = static_cast<const uint8_t*>(C.data);
+  std::vector<uint8_t> repacked;
+  if (packing == kPackingBase3) {
+    if (!constant_codes_2bit.empty()) {
+      codes = constant_codes_2bit.data();
+    } else {
+      std::string why;
+      if (!base3_to_2bit(codes, N, K, &repacked, &why)) return error(why);
+      codes = repacked.data();
+    }
+  }
+  p.codes = codes;
+  p.row_bytes = row_bytes_for(K, kPacking2Bit);
+  p.interleaved = interleaved.empty() ? nullptr : interleaved.data();
+
+  // outliers
+  Outliers outliers;
+  if (present[3] != present[4])
+    return error("inputs 'outlier_idx' and 'outlier_val' come together: give both or neither");
+  if (present[3]) {
+    const Tensor& I = in[3];
+    const Tensor& V = in[4];
+    if (I.dtype != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) return dtype_error(3, "int64");
+    if (V.dtype != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) return dtype_error(4, "float16");
+    if (I.dims.size() != 1 || V.dims.size() != 1 || I.dims[0] != V.dims[0])
+      return error("inputs 'outlier_idx' " + shape_str(I.dims) + " and 'outlier_val' " + shape_str(V.dims) +
+                   " must be 1-D of the same length");
+    outliers.idx = static_cast<const int64_t*>(I.data);
+    outliers.val = static_cast<const uint16_t*>(V.data);
+    outliers.count = I.dims[0];
+    for (int64_t i = 0; i < outliers.count; ++i) {
+      const int64_t f = outliers.idx[i];
+      if (f < 0 || f >= N * K)
+        return error("input 'outlier_idx' entry " + std::to_string(i) + " = " + std::to_string(f) +
+                     " is outside the weight (N*K = " + std::to_string(N * K) + ")");
+      if (i && f <= outliers.idx[i - 1])
+        return error("input 'outlier_idx' must be sorted ascending without repeats; entry " + std::to_string(i) +
+                     " = " + std::to_string(f) + " follows " + std::to_string(outliers.idx[i - 1]));
+      if (code_at(codes + (f / K) * p.row_bytes, f % K) != 2)
+        return error("input 'codes' holds a nonzero trit under outlier " + std::to_string(i) + " (row " +
+                     std::to_string(f / K) + ", column " + std::to_string(f % K) +
+                     "); the format stores code 2 (zero) at outlier positions");
+    }
+  }
+
+  // bias [N]
+  const float* bias = nullptr;
+  if (present[5]) {
+    const Tensor& B = in[5];
+    if (B.dtype != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return dtype_error(5, "float32");
+    if (B.dims.size() != 1 || B.dims[0] != N)
+      return error("input 'bias' has shape " + shape_str(B.dims) + ", expected [" + std::to_string(N) + "]");
+    bias = static_cast<const float*>(B.data);
+  }
+
+  // Y [..., N]
+  std::vector<int64_t> out_dims(A.dims.begin(), A.dims.end() - 1);
+  out_dims.push_back(N);
+  OrtValue* out = nullptr;
+  if (OrtStatus* st = api->KernelContext_GetOutput(ctx, 0, out_dims.data(), out_dims.size(), &out)) return st;
+  void* y = nullptr;
+  if (OrtStatus* st = api->GetTensorMutableData(out, &y)) return st;
+  p.y = static_cast<float*>(y);
+  p.a = static_cast<const float*>(A.data);
+
+  std::vector<float> a_tables;
+  if (!act_quant && kernels.float_workspace) {
+    const int64_t n_floats = kernels.float_workspace(p);
+    if (n_floats > 0) {
+      a_tables.resize(static_cast<size_t>(n_floats));
+      kernels.prepare_float(p, a_tables.data());
+      p.a_tables = a_tables.data();
+    }
+  }
+
+  std::vector<int8_t> q_natural, q_layout;
+  std::vector<int32_t> q_chunk_sum;
+  std::vector<float> q_row_scale;
+  GemmFn gemm = kernels.gemm_float;
+  if (act_quant) {
+    q_natural.resize(static_cast<size_t>(M * K));
+    q_row_scale.resize(static_cast<size_t>(M));
+    quantize_rows(p.a, M, K, q_natural.data(), q_row_scale.data());
+    q_layout.resize(q_natural.size());
+    q_chunk_sum.assign(static_cast<size_t>(M * p.n_groups), 0);
+    layout_int8_rows(q_natural.data(), M, K, p.group_size, p.n_groups, kernels.int8_chunk, q_layout.data(),
+                     q_chunk_sum.data());
+    p.q = q_layout.data();
+    p.q_chunk_sum = q_chunk_sum.data();
+    p.q_row_scale = q_row_scale.data();
+    p.q_chunk = kernels.int8_chunk;
+    gemm = kernels.gemm_int8;
+  }
+
+  Task task{&p, gemm, &outliers, bias, act_quant ? q_natural.data() : nullptr, (N + kColumnsPerTask - 1) / kColumnsPerTask};
+  if (g_api.version >= 17) {
+    // the session's intra-op pool; with one intra-op thread it runs the tasks inline
+    if (OrtStatus* st = api->KernelContext_ParallelFor(ctx, run_task, static_cast<size_t>(task.n_tasks), 0, &task))
+      return st;
+  } else {
+    for (int64_t i = 0; i < task.n_tasks; ++i) run_task(&task, static_cast<size_t>(i));
+  }
+  return nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// OrtCustomOp callbacks
+
+std::string node_name(const OrtApi* api, const OrtKernelInfo* info) {
+  size_t size = 0;
+  if (OrtStatus* st = api->KernelInfo_GetNodeName(info, nullptr, &size)) {
+    api->ReleaseStatus(st);
+    return "?";
+  }
+  std::string name(size, '\0');
+  if (OrtStatus* st = api->KernelInfo_GetNodeName(info, &name[0], &size)) {
+    api->ReleaseStatus(st);
+    return "?";
+  }
+  name.resize(std::strlen(name.c_str()));
+  return name;
+}
+
+OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** out) noexcept {
+  try {
+    auto kernel = std::make_unique<TernaryMatMulKernel>();
+    kernel->api = api;
+    kernel->node = node_name(api, info);
+    auto attr = [&](const char* name, int64_t* value, bool required) -> OrtStatus* {
+      OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, value);
+      if (!st) return nullptr;
+      api->ReleaseStatus(st);
+      if (!required) return nullptr;
+      return kernel->error(std::string("attribute '") + name + "' (int) is required");
+    };
+    if (OrtStatus* st = attr("K", &kernel->K, true)) return st;
+    if (OrtStatus* st = attr("N", &kernel->N, true)) return st;
+    if (OrtStatus* st = attr("group_size", &kernel->group_size, false)) return st;
+    if (OrtStatus* st = attr("act_quant", &kernel->act_quant, false)) return st;
+    if (OrtStatus* st = attr("packing", &kernel->packing, false)) return st;
+    if (kernel->K <= 0 || kernel->N <= 0)
+      return kernel->error("attributes K and N must be positive, got K=" + std::to_string(kernel->K) +
+                           ", N=" + std::to_string(kernel->N));
+    if (kernel->group_size < 0) return kernel->error("attribute 'group_size' must be >= 0 (0 = not grouped)");
+    if (kernel->act_quant != 0 && kernel->act_quant != 1)
+      return kernel->error("attribute 'act_quant' must be 0 (float activations) or 1 (int8 per token), got " +
+                           std::to_string(kernel->act_quant));
+    if (kernel->packing != kPacking2Bit && kernel->packing != kPackingBase3)
+      return kernel->error("attribute 'packing' must be 0 (2-bit) or 1 (base-3), got " +
+                           std::to_string(kernel->packing));
+    std::string why;
+    if (!select_kernels(&kernel->kernels, &why)) return kernel->error(why);
+
+    // A constant weight (an initializer) is prepared once here instead of on every run: base-3 codes repacked to
+    // 2-bit, and the codes regrouped for kernels that read 16 output rows at once (float activations).
+    const bool wants_interleave = kernel->act_quant == 0 && kernel->kernels.prepare_float != nullptr;
+    if (kernel->packing == kPackingBase3 || wants_interleave) {
+      int is_constant = 0;
+      const OrtValue* value = nullptr;
+      if (OrtStatus* st = api->KernelInfoGetConstantInput_tensor(info, 1, &is_constant, &value)) {
+        api->ReleaseStatus(st);
+      } else if (is_constant && value) {
+        Tensor codes;
+        if (OrtStatus* st2 = read_tensor(api, value, &codes)) return st2;
+        const int64_t rb = row_bytes_for(kernel->K, kernel->packing);
+        // a mismatching constant is left alone here and reported by compute() with the full message
+        if (codes.dtype == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 && codes.dims.size() == 2 &&
+            codes.dims[0] == kernel->N && codes.dims[1] == rb) {
+          const uint8_t* two_bit = static_cast<const uint8_t*>(codes.data);
+          if (kernel->packing == kPackingBase3) {
+            if (!base3_to_2bit(two_bit, kernel->N, kernel->K, &kernel->constant_codes_2bit, &why))
+              return kernel->error(why);
+            two_bit = kernel->constant_codes_2bit.data();
+          }
+          if (wants_interleave) {
+            kernel->interleaved.resize(static_cast<size_t>(interleaved_words(kernel->N, kernel->K)));
+            interleave_codes(two_bit, row_bytes_for(kernel->K, kPacking2Bit), kernel->N, kernel->K,
+                             kernel->interleaved.data());
+          }
+        }
+      }
+    }
+    *out = kernel.release();
+    return nullptr;
+  } catch (const std::bad_alloc&) {
+    return api->CreateStatus(ORT_FAIL, "TernaryMatMul: out of memory creating the kernel");
+  } catch (const std::exception& e) {
+    return api->CreateStatus(ORT_FAIL, (std::string("TernaryMatMul: ") + e.what()).c_str());
+  }
+}
+
+OrtStatus* compute_kernel(void* kernel, OrtKernelContext* ctx) noexcept {
+  auto* k = static_cast<TernaryMatMulKernel*>(kernel);
+  try {
+    return k->compute(ctx);
+  } catch (const std::bad_alloc&) {
+    return k->api->CreateStatus(ORT_FAIL, "TernaryMatMul: out of memory");
+  } catch (const std::exception& e) {
+    return k->api->CreateStatus(ORT_FAIL, (std::string("TernaryMatMul: ") + e.what()).c_str());
+  }
+}
+
+void destroy_kernel(void* kernel) noexcept { delete static_cast<TernaryMatMulKernel*>(kernel); }
+
+const char* op_name(const OrtCustomOp*) { return kOpType; }
+const char* op_provider(const OrtCustomOp*) { return nullptr; }  // CPU execution provider
+ONNXTensorElementDataType op_input_type(const OrtCustomOp*, size_t index) {
+  switch (index) {
+    case 1: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+    case 3: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    case 4: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+    default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+}
+size_t op_input_count(const OrtCustomOp*) { return kNumInputs; }
+ONNXTensorElementDataType op_output_type(const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+size_t op_output_count(const OrtCustomOp*) { return 1; }
+OrtCustomOpInputOutputCharacteristic op_input_characteristic(const OrtCustomOp*, size_t index) {
+  return index < kFirstOptionalInput ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+}
+OrtCustomOpInputOutputCharacteristic op_output_characteristic(const OrtCustomOp*, size_t) {
+  return INPUT_OUTPUT_REQUIRED;
+}
+OrtMemType op_input_memory_type(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
+int op_variadic_min_arity(const OrtCustomOp*) { return 1; }
+int op_variadic_homogeneity(const OrtCustomOp*) { return 1; }
+int op_start_version(const OrtCustomOp*) { return 1; }
+int op_end_version(const OrtCustomOp*) { return 2147483647; }
+
+OrtCustomOp make_op(uint32_t version) {
+  OrtCustomOp op;
+  std::memset(&op, 0, sizeof(op));
+  op.version = version;
+  op.GetName = op_name;
+  op.GetExecutionProviderType = op_provider;
+  op.GetInputType = op_input_type;
+  op.GetInputTypeCount = op_input_count;
+  op.GetOutputType = op_output_type;
+  op.GetOutputTypeCount = op_output_count;
+  op.KernelDestroy = destroy_kernel;
+  op.GetInputCharacteristic = op_input_characteristic;
+  op.GetOutputCharacteristic = op_output_characteristic;
+  op.GetInputMemoryType = op_input_memory_type;
+  op.GetVariadicInputMinArity = op_variadic_min_arity;
+  op.GetVariadicInputHomogeneity = op_variadic_homogeneity;
+  op.GetVariadicOutputMinArity = op_variadic_min_arity;
+  op.GetVariadicOutputHomogeneity = op_variadic_homogeneity;
+  op.CreateKernelV2 = create_kernel;
+  op.KernelComputeV2 = compute_kernel;
+  if (version >= 17) {
+    op.GetStartVersion = op_start_version;
+    op.GetEndVersion = op_end_version;
+  }
+  return op;
+}
+
+std::mutex g_register_mutex;
+OrtCustomOp g_op;
+// One domain for the whole process, added to every session's options. It is never released: sessions created
+// from those options refer to it for their lifetime and the library cannot know when the last one ends.
+OrtCustomOpDomain* g_domain = nullptr;
+
+}  // namespace
+}  // namespace bitconv
+
+BITCONV_EXPORT OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  using namespace bitconv;
+  if (!api_base) return nullptr;
+  std::lock_guard<std::mutex> lock(g_register_mutex);
+  if (!g_api.ort) {
+    const OrtApi* api = api_base->GetApi(BITCONV_ORT_API_VERSION);
+    uint32_t version = BITCONV_ORT_API_VERSION;
+    if (!api) {
+      api = api_base->GetApi(BITCONV_ORT_API_VERSION_FALLBACK);
+      version = BITCONV_ORT_API_VERSION_FALLBACK;
+    }
+    if (!api) {
+      // Too old to report kernel errors as statuses; refuse rather than crash on bad input later.
+      const OrtApi* v1 = api_base->GetApi(1);
+      if (!v1) return nullptr;
+      const std::string msg = std::string("bitconv TernaryMatMul needs ONNX Runtime 1.16 or newer (C API version 16); "
+                                          "this runtime is ") + api_base->GetVersionString();
+      return v1->CreateStatus(ORT_FAIL, msg.c_str());
+    }
+    g_op = make_op(version);
+    OrtCustomOpDomain* domain = nullptr;
+    if (OrtStatus* st = api->CreateCustomOpDomain(kDomain, &domain)) return st;
+    if (OrtStatus* st = api->CustomOpDomain_Add(domain, &g_op)) return st;
+    g_domain = domain;
+    g_api.ort = api;
+    g_api.version = version;
+  }
+  return g_api.ort->AddCustomOpDomain(options, g_domain);
+}
