@@ -201,6 +201,12 @@ def _resolve_source(source: str) -> tuple[str, str | None]:
     if path.is_file() and path.suffix == ".gguf":
         return str(path.parent), path.name
     if path.is_dir():
+        from bitconv.modeling import is_bitconv_folder
+
+        if is_bitconv_folder(path):
+            origin = json.loads((path / "config.json").read_text()).get("quantization_config", {}).get("source")
+            raise BitconvError(f"{path} is already a bitconv folder; recover trains from the full-precision model "
+                               f"it was converted from ({origin}): pass that instead")
         return str(path), None
     from bitconv.source import open_source
 
