@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -201,6 +201,12 @@ def _resolve_source(source: str) -> tuple[str, str | None]:
     if path.is_file() and path.suffix == ".gguf":
         return str(path.parent), path.name
     if path.is_dir():
+        from bitconv.modeling import is_bitconv_folder
+
+        if is_bitconv_folder(path):
+            origin = json.loads((path / "config.json").read_text()).get("quantization_config", {}).get("source")
+            raise BitconvError(f"{path} is already a bitconv folder; recover trains from the full-precision model "
+                               f"it was converted from ({origin}): pass that instead")
         return str(path), None
     from bitconv.source import open_source
 
@@ -242,9 +248,21 @@ def load_model(source: str, task: str, labels: list[str] | None = None) -> nn.Mo
         raise BitconvError(f"{source}: cannot load it as a {task} model ({str(exc).splitlines()[0]})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    if gguf:
+        _forget_gguf_quantization(model)
     if task == "classify" and model.config.pad_token_id is None:
         model.config.pad_token_id = 0
     return model
+
+
+def _forget_gguf_quantization(model: nn.Module) -> None:
+    """transformers dequantizes a GGUF into float weights but keeps it marked as quantized, which stops
+    save_pretrained; the trained latent weights are ordinary floats, so drop the marks."""
+    for attr, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
+        if attr in vars(model):
+            setattr(model, attr, value)
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
 
 
 def quantized_weight_names(model: nn.Module, cfg: QuantConfig) -> set[str]:

@@ -213,6 +213,9 @@ def test_bad_inputs_fail_in_one_line(bert_dir, sentiment, tmp_path):
             _classify(bert_dir, sentiment, tmp_path / "o3", device="cuda")
     with pytest.raises(BitconvError, match="needs --eval"):
         R.recover(str(bert_dir), tmp_path / "o4", train=sentiment[0], config=R.RecoverConfig(), device="cpu")
+    bitconv.convert(bert_dir, tmp_path / "packed", progress=False)
+    with pytest.raises(BitconvError, match=r"packed is already a bitconv folder.*\(bert\): pass that instead"):
+        _classify(tmp_path / "packed", sentiment, tmp_path / "o5")
     (tmp_path / "exists").mkdir()
     with pytest.raises(BitconvError, match="already exists; pass --force"):
         _classify(bert_dir, sentiment, tmp_path / "exists")

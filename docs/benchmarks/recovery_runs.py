@@ -32,10 +32,18 @@ SUITES: dict[str, dict[str, dict]] = {
         "ste": {**SST2},
         "kd_warmup": {**SST2, "distill": True, "teacher": "@kd", "quant_warmup_steps": 900},
         "kd_a8": {**SST2, "distill": True, "teacher": "@kd", "activations": "int8"},
-        "ft_ste": {**SST2, "teacher": "@kd"},
-        "kd_hidden": {**SST2, "distill": True, "teacher": "@kd", "hidden_weight": 1.0},
-        "kd_prog": {**SST2, "distill": True, "teacher": "@kd", "progressive": (8, 4, 2), "phase_steps": 300},
-        "kd_sw": {**SST2, "distill": True, "teacher": "@kd", "super_weights": 4},
+    },
+    # what each ingredient buys, at one epoch each (the teacher is fine-tuned once, by the first run)
+    "sst2_ablation": {
+        "kd": {**SST2, "epochs": 1, "distill": True},
+        "ste": {**SST2, "epochs": 1},
+        "kd_a8": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "activations": "int8"},
+        "kd_warmup": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "quant_warmup_steps": 300},
+        "kd_sw": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "super_weights": 4},
+        "ft_ste": {**SST2, "epochs": 1, "teacher": "@kd"},
+        "kd_prog": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "progressive": (8, 4, 2), "phase_steps": 100},
+        "kd_hidden": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "hidden_weight": 1.0},
+        "kd_group64": {**SST2, "epochs": 1, "distill": True, "teacher": "@kd", "granularity": "group:64"},
     },
     "spam": {
         "kd": {**SPAM, "distill": True},
@@ -52,6 +60,7 @@ SUITES: dict[str, dict[str, dict]] = {
 }
 DATA = {
     "sst2": ("sst2/train.tsv", "sst2/validation.tsv"),
+    "sst2_ablation": ("sst2/train.tsv", "sst2/validation.tsv"),
     "spam": ("sms-spam/train.tsv", "sms-spam/validation.tsv"),
     "smol": ("text/shakespeare.txt", None),
 }
@@ -66,6 +75,8 @@ def as_command(source: str, train: str, eval_path: str | None, out: str, options
     for key, value in sorted(options.items()):
         if key == "task" or defaults.get(key) == (list(value) if isinstance(value, tuple) else value):
             continue
+        if key in ("teacher_epochs", "teacher_lr") and (options.get("teacher") or not options.get("distill")):
+            continue  # only used when a teacher is fine-tuned here
         flag = "--" + key.replace("_", "-").replace("scale-method", "scale")
         if value is True:
             parts.append(flag)

@@ -1,0 +1,62 @@
+"""What SmolLM2-135M's super weights carry, before any recovery training (docs/recovery.md).
+
+    PYTHONPATH=. python docs/benchmarks/super_weights_smollm.py --model SmolLM2-135M-Instruct.Q4_1.gguf \
+        --text ../shared/data/text/shakespeare.txt --n 8 --eval-tokens 4096 --out super_weights_smollm.json
+
+Finds the n largest max|x| * |W| contributions in the MLP down projections on the first 16 training
+blocks (the same search as `bitconv recover --super-weights n`), then measures held-out perplexity (the
+same held-out tail as `recover`) of: the original model, the original with those weights set to zero,
+naive per-tensor ternary, and naive ternary with those weights kept in fp16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from bitconv import qat
+from bitconv import recover as R
+from bitconv import super_weights as sw
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--text", required=True)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--eval-tokens", type=int, default=4096)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    cfg = R.RecoverConfig(task="lm", eval_tokens=args.eval_tokens)
+    device = torch.device("cpu")
+    tok = R.load_tokenizer(args.model)
+    data = R.prepare_lm(Path(args.text), None, tok, cfg)
+    model = R.load_model(args.model, "lm").eval()
+    names = R.quantized_weight_names(model, cfg.quant_config())
+    found = sw.find_super_weights(model, R.calibration_batches("lm", data, 0, device, n_batches=2, batch_size=8), args.n,
+                                  candidates=names)
+    result = {"model": Path(args.model).name, "n_eval_tokens": None, "super_weights": [f.to_dict() for f in found]}
+    result["fp"] = R.evaluate_lm(model, data, device)
+    with sw.zeroed(model, found):
+        result["fp_without_super_weights"] = R.evaluate_lm(model, data, device)
+    attached = qat.attach(model, names, cfg.quant_config())
+    result["ternary"] = R.evaluate_lm(model, data, device)
+    qat.detach(model, attached)
+    outliers = sw.as_outlier_indices(found, sw.linear_shapes(model, {f.tensor for f in found}))
+    attached = qat.attach(model, names, cfg.quant_config(), outliers)
+    result["ternary_keeping_super_weights"] = R.evaluate_lm(model, data, device)
+    result["n_eval_tokens"] = result["fp"]["n_eval_tokens"]
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    for key in ("fp", "fp_without_super_weights", "ternary", "ternary_keeping_super_weights"):
+        print(f"{key:>30}: perplexity {result[key]['perplexity']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
