@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from bitconv.errors import BitconvError
-from bitconv.format import QUANT_METHOD, PackedReader, TensorSpec
+from bitconv.format import PackedReader, TensorSpec
+from bitconv.modeling import read_bitconv_config
 
 QK_K = 256  # weights per TQ block
 SUPPORTED = ("llama", "gpt2")
@@ -270,14 +271,7 @@ def export_gguf(folder: Path | str, out: Path | str, *, ggml_type: str = "tq2_0"
     ggml_type = ggml_type.lower()
     if ggml_type not in TQ_ENCODERS:
         raise BitconvError(f"unknown --type {ggml_type!r}: use tq2_0 (2.06 bits/weight) or tq1_0 (1.69 bits/weight)")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise BitconvError(f"{folder}: no config.json; give the output folder of `bitconv convert`")
-    config = json.loads(config_path.read_text())
-    qc = config.get("quantization_config") or {}
-    if qc.get("quant_method") != QUANT_METHOD:
-        raise BitconvError(f"{config_path}: not a bitconv folder (quant_method {qc.get('quant_method')!r}); "
-                           "convert the model with `bitconv convert` first")
+    config = read_bitconv_config(folder)
     arch = config.get("model_type")
     if arch not in SUPPORTED:
         raise BitconvError(f"{folder}: model type {arch!r} has no GGUF export; supported: {', '.join(SUPPORTED)}")

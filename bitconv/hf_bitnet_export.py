@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from bitconv.errors import BitconvError
-from bitconv.format import QUANT_METHOD, PackedReader
+from bitconv.format import PackedReader
+from bitconv.modeling import read_bitconv_config
 
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
 VALUES_PER_BYTE = 4
@@ -94,14 +95,8 @@ def export_hf_bitnet(folder: Path | str, out: Path | str, *, linear_class: str =
     folder, out = Path(folder), Path(out)
     if linear_class not in LINEAR_CLASSES:
         raise BitconvError(f"unknown linear class {linear_class!r}: use {' or '.join(LINEAR_CLASSES)}")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise BitconvError(f"{folder}: no config.json; give the output folder of `bitconv convert`")
-    config = json.loads(config_path.read_text())
-    qc = config.get("quantization_config") or {}
-    if qc.get("quant_method") != QUANT_METHOD:
-        raise BitconvError(f"{config_path}: not a bitconv folder (quant_method {qc.get('quant_method')!r}); "
-                           "convert the model with `bitconv convert` first")
+    config = read_bitconv_config(folder)
+    qc = config["quantization_config"]
     if out.exists() and not force:
         raise BitconvError(f"{out} already exists; choose another folder or pass --force to replace it")
     reader = PackedReader(folder)

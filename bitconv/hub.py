@@ -12,7 +12,6 @@ upload path our tests exercise against tests/hub_server.py (docs/hub.md says wha
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bitconv.errors import BitconvError
-from bitconv.format import QUANT_METHOD, PackedReader
+from bitconv.format import PackedReader
 from bitconv.model_card import build_model_card
 
 # namespace/name, each 1-96 of letters, digits, '-', '_', '.', not starting or ending with '-' or '.', no '--'/'..'
@@ -79,19 +78,9 @@ def check_bitconv_folder(folder: Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise BitconvError(f"{folder}: not a folder; give the output folder of `bitconv convert`")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise BitconvError(f"{folder}: no config.json; is this a bitconv output folder (from `bitconv convert`)?")
-    try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BitconvError(f"{config_path}: not valid JSON ({exc}); re-convert the model") from None
-    method = (config.get("quantization_config") or {}).get("quant_method")
-    if method != QUANT_METHOD:
-        raise BitconvError(
-            f"{config_path}: quantization_config.quant_method is {method!r}, not {QUANT_METHOD!r}; "
-            "push a folder written by `bitconv convert`"
-        )
+    from bitconv.modeling import read_bitconv_config  # imports torch: only when a push actually runs
+
+    config = read_bitconv_config(folder)
     PackedReader(folder)  # opens every shard's header: a truncated or foreign file fails here, before any upload
     return config
 

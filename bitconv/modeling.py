@@ -89,17 +89,24 @@ def _quantize_input_hook(module: nn.Module, args: tuple) -> tuple:
     return (quantize_activations_int8(args[0]),) + tuple(args[1:])
 
 
-def read_quantization_config(folder: Path) -> dict:
+def read_bitconv_config(folder: Path) -> dict:
+    """config.json of a bitconv output folder, after checking it names the bitconv quantization method."""
     path = Path(folder) / "config.json"
-    if not path.exists():
-        raise BitconvError(f"{folder}: no config.json; is this a bitconv output folder?")
+    if not path.is_file():
+        raise BitconvError(f"{folder}: no config.json; is this a bitconv output folder (from `bitconv convert`)?")
     try:
-        qc = json.loads(path.read_text()).get("quantization_config") or {}
-    except json.JSONDecodeError:
-        raise BitconvError(f"{path}: not valid JSON; re-convert the model") from None
-    if qc.get("quant_method") != QUANT_METHOD:
-        raise BitconvError(f"{folder}: not a bitconv output folder (config.json has no bitconv quantization_config)")
-    return qc
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BitconvError(f"{path}: not valid JSON ({exc}); re-convert the model") from None
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    if method != QUANT_METHOD:
+        raise BitconvError(f"{folder}: not a bitconv output folder (quantization_config.quant_method is {method!r}, "
+                           f"not {QUANT_METHOD!r}); convert the model with `bitconv convert` first")
+    return config
+
+
+def read_quantization_config(folder: Path) -> dict:
+    return read_bitconv_config(folder)["quantization_config"]
 
 
 def is_bitconv_folder(path: str | os.PathLike) -> bool:
