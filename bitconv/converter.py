@@ -24,7 +24,7 @@ from bitconv.format import (
     FORMAT_NAME, FORMAT_VERSION, NP_TO_ST, QUANT_METHOD, FilePlan, PlannedTensor, StreamingSafetensorsWriter,
     TensorSpec, shard_names, split_into_shards, write_json_atomic,
 )
-from bitconv.schemes import QuantConfig, encode, n_outliers_for, quantize
+from bitconv.schemes import QuantConfig, encode, quantize, spec_for
 from bitconv.source import TOKENIZER_FILES, Source, module_kinds, open_source, resolve_name
 
 EMBEDDING_NAME = re.compile(r"(^|\.)(wte|wpe|embed_tokens|embed_positions|word_embeddings|position_embeddings|"
@@ -133,18 +133,9 @@ def make_plan(names_shapes_dtypes: list[tuple[str, tuple[int, ...], str]], cfg: 
             row.reason = "projection outside the repeated blocks (head); --only to quantize it"
         if row.action not in ("fp16", "copy"):
             out_in = (shape[1], shape[0]) if kind == "conv1d" else tuple(shape)
-            gran, gs = cfg.granularity, cfg.group_size
-            if row.action == "int8" and gran == "tensor":
-                gran = "channel"
-            n_out = n_outliers_for(cfg.keep_outliers, row.n_params) if row.action == cfg.scheme else 0
-            if outliers and name in outliers:  # explicit fp16 positions (super weights from `recover`)
-                n_out = len(set(outliers[name]))
-            row.spec = TensorSpec(
-                scheme=row.action, shape=out_in, dtype=dtype,
-                packing=cfg.packing if row.action == "ternary" else "2bit", granularity=gran,
-                group_size=gs if gran == "group" else None, scale_method=cfg.scale_method,
-                n_outliers=n_out, layout="conv1d" if kind == "conv1d" else "linear",
-            )
+            # explicit fp16 positions (super weights from `recover`) replace the --keep-outliers count
+            explicit = len(set(outliers[name])) if outliers and name in outliers else None
+            row.spec = spec_for(cfg, out_in, row.action, "conv1d" if kind == "conv1d" else "linear", dtype, explicit)
             row.stored = [PlannedTensor(name + suffix, dt, shp) for suffix, (dt, shp) in row.spec.stored().items()]
         elif row.action == "copy":
             st = {"int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}

@@ -239,6 +239,23 @@ def _ternary_scale(w: torch.Tensor, abs_w: torch.Tensor, cfg_gran: str, gs: int 
     return best_scale
 
 
+def spec_for(cfg: QuantConfig, shape: tuple[int, int], scheme: str, layout: str = "linear",
+             source_dtype: str = "float32", n_explicit_outliers: int | None = None) -> TensorSpec:
+    """The stored layout of one weight under `cfg`: shared by the converter's plan and by `quantize()`."""
+    gran, gs = cfg.granularity, cfg.group_size
+    if scheme == "int8" and gran == "tensor":  # int8 embeddings under a per-tensor main scheme
+        gran = "channel"
+    # outliers belong to the main scheme; int8 embeddings (a different scheme) keep none
+    k = n_outliers_for(cfg.keep_outliers, shape[0] * shape[1]) if scheme == cfg.scheme else 0
+    if n_explicit_outliers is not None:
+        k = n_explicit_outliers
+    return TensorSpec(
+        scheme=scheme, shape=tuple(shape), dtype=source_dtype, packing=cfg.packing if scheme == "ternary" else "2bit",
+        granularity=gran, group_size=gs if gran == "group" else None, scale_method=cfg.scale_method, n_outliers=k,
+        layout=layout,
+    )
+
+
 def quantize(weight: torch.Tensor, cfg: QuantConfig, scheme: str | None = None, layout: str = "linear",
              source_dtype: str | None = None, outlier_idx: torch.Tensor | None = None) -> QuantizedWeight:
     """Quantize a float weight [out, in] (linear layout) with `cfg`; `scheme` overrides cfg's (int8 embeddings).
@@ -253,21 +270,15 @@ def quantize(weight: torch.Tensor, cfg: QuantConfig, scheme: str | None = None, 
     # one reduction instead of an element-wise isfinite pass: any NaN or Inf makes the sum of |w| non-finite
     if not math.isfinite(w.abs().sum().item()):
         raise BitconvError("contains NaN or Inf values")
-    gran, gs = cfg.granularity, cfg.group_size
-    if scheme == "int8" and gran == "tensor":  # int8 embeddings under a per-tensor main scheme
-        gran = "channel"
-    # outliers belong to the main scheme; int8 embeddings (a different scheme) keep none
-    k = n_outliers_for(cfg.keep_outliers, w.numel()) if scheme == cfg.scheme else 0
+    n_explicit = None
     if outlier_idx is not None:
         outlier_idx = torch.unique(outlier_idx.to(device=w.device, dtype=torch.long))  # sorted, as stored
         if outlier_idx.numel() and (outlier_idx.min() < 0 or outlier_idx.max() >= w.numel()):
             raise BitconvError(f"outlier indices fall outside the weight of shape {list(w.shape)}")
-        k = outlier_idx.numel()
-    spec = TensorSpec(
-        scheme=scheme, shape=tuple(w.shape), dtype=source_dtype or str(weight.dtype).replace("torch.", ""),
-        packing=cfg.packing if scheme == "ternary" else "2bit", granularity=gran,
-        group_size=gs if gran == "group" else None, scale_method=cfg.scale_method, n_outliers=k, layout=layout,
-    )
+        n_explicit = outlier_idx.numel()
+    spec = spec_for(cfg, tuple(w.shape), scheme, layout, source_dtype or str(weight.dtype).replace("torch.", ""),
+                    n_explicit)
+    gran, gs, k = spec.granularity, spec.group_size, spec.n_outliers
     idx = val = None
     w_for_scale = w
     if k:
