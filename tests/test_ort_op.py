@@ -143,6 +143,15 @@ def test_single_row_gemv_large(isa):
     _check(rng, M=1, N=256, K=512, granularity="group:64", act_quant=True)
 
 
+@pytest.mark.parametrize("M", [1, 2, 3, 6])
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group:32", "group:1024"])
+def test_long_rows_cross_several_table_passes(isa, M, granularity):
+    # the AVX-512 float kernel walks K in passes sized to the L1 cache (fewer columns for more activation rows):
+    # K = 1100 crosses several pass boundaries and ends off a 16-column boundary
+    rng = np.random.default_rng(40 + M)
+    _check(rng, M=M, N=48, K=1100, granularity=granularity)
+
+
 @pytest.mark.parametrize("packing", ["2bit", "base3"])
 @pytest.mark.parametrize("act_quant", [False, True])
 def test_codes_fed_at_run_time(isa, packing, act_quant):

@@ -157,6 +157,8 @@ def report(K, N, Ms, threads_list, models, results, copy_bw, command, load_befor
                 t = results[(name, threads, M)]
                 lines.append(f"| {threads} | {M} | {name} | {t * 1e3:.3f} | {n_bytes / t / 1e9:.1f} | "
                              f"{base / t:.2f}x | {nbits / t:.2f}x | {results[(name, threads, M, 'err')]:.1e} |")
+    if 1 not in Ms:
+        return "\n".join(lines) + "\n"
     lines += ["", "## Targets (M = 1)", ""]
     for threads in threads_list:
         base = results[("float32 MatMul", threads, 1)]

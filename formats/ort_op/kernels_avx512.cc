@@ -121,18 +121,37 @@ BITCONV_AVX512 void lut_prepare(const GemmProblem& p, float* tables) {
   }
 }
 
-// Y[m0 .. m0+MB, n0 .. n0+16) from the interleaved code words of this row block (`words`).
+// Input columns per pass of the lookup kernels: the tables of one pass (512 bytes per 16 columns and activation
+// row) stay in the L1 cache while every row block of the task reads them, instead of streaming all K / 2 tables
+// (128 KB per activation row at K = 4096) from L2 once per 16 output columns.
+constexpr int64_t kLutPassBytes = 16 * 1024;
+
+int64_t lut_pass_columns(const GemmProblem& p, int64_t rows) {
+  int64_t columns = std::max<int64_t>(16, kLutPassBytes / (rows * 512) * 16);
+  if (p.scale_kind == ScaleKind::kGroup)  // a pass holds whole groups, so each group's sum is scaled once
+    columns = std::max<int64_t>(1, columns / p.group_size) * p.group_size;
+  return columns;
+}
+
+// Y[m0 .. m0+MB, n0 .. n0+16) += the contribution of input columns [k_begin, k_end) (whole groups when grouped),
+// from the interleaved code words of this row block (`words`); `first` starts Y from zero.
 template <int MB>
-BITCONV_AVX512 void lut_tile(const GemmProblem& p, const uint32_t* words, int64_t m0, int64_t n0) {
+BITCONV_AVX512 void lut_tile(const GemmProblem& p, const uint32_t* words, int64_t m0, int64_t n0, int64_t k_begin,
+                             int64_t k_end, bool first) {
   const int64_t pairs = (p.K / 16) * 8;
   const uint8_t* block = p.codes + n0 * p.row_bytes;
   __m512 y[MB];
-  for (int r = 0; r < MB; ++r) y[r] = _mm512_setzero_ps();
-  for (int64_t g = 0, g0 = 0; g0 < p.K; ++g, g0 += p.group_size) {
-    const int64_t g1 = g0 + p.group_size < p.K ? g0 + p.group_size : p.K;
+  for (int r = 0; r < MB; ++r) y[r] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(p.y + (m0 + r) * p.N + n0);
+  const bool grouped = p.scale_kind == ScaleKind::kGroup;
+  for (int64_t g0 = k_begin; g0 < k_end;) {
+    const int64_t g = grouped ? g0 / p.group_size : 0;
+    const int64_t g1 = grouped ? std::min(g0 + p.group_size, k_end) : k_end;
     const int64_t lut_end = g0 + ((g1 - g0) / 16) * 16;  // g0 is a multiple of 16 here
-    __m512 acc[MB][2];
-    for (int r = 0; r < MB; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    // independent accumulators per row, enough to hide the add latency when few rows share a pass
+    constexpr int A = MB == 1 ? 8 : MB == 2 ? 4 : 2;
+    __m512 acc[MB][A];
+    for (int r = 0; r < MB; ++r)
+      for (int j = 0; j < A; ++j) acc[r][j] = _mm512_setzero_ps();
     for (int64_t k = g0; k < lut_end; k += 16) {
       const __m512i w = _mm512_loadu_si512(words + k);  // (k / 16) * 16 words
       __m512i idx[8];
@@ -140,7 +159,7 @@ BITCONV_AVX512 void lut_tile(const GemmProblem& p, const uint32_t* words, int64_
       for (int r = 0; r < MB; ++r) {
         const float* t = p.a_tables + (m0 + r) * pairs * 16 + (k / 2) * 16;
         for (int s = 0; s < 8; ++s)
-          acc[r][s & 1] = _mm512_add_ps(acc[r][s & 1], _mm512_permutexvar_ps(idx[s], _mm512_loadu_ps(t + 16 * s)));
+          acc[r][s % A] = _mm512_add_ps(acc[r][s % A], _mm512_permutexvar_ps(idx[s], _mm512_loadu_ps(t + 16 * s)));
       }
     }
     __m512 s;
@@ -153,7 +172,9 @@ BITCONV_AVX512 void lut_tile(const GemmProblem& p, const uint32_t* words, int64_
                                 p.scale + n0 * p.n_groups + g, 4);
     }
     for (int r = 0; r < MB; ++r) {
-      __m512 sum = _mm512_add_ps(acc[r][0], acc[r][1]);
+      for (int j = A / 2; j > 0; j /= 2)
+        for (int i = 0; i < j; ++i) acc[r][i] = _mm512_add_ps(acc[r][i], acc[r][i + j]);
+      __m512 sum = acc[r][0];
       if (lut_end < g1) {  // a group (or K) that ends off a 16-column boundary: its tail per output row
         alignas(64) float tail[16];
         const float* a = p.a + (m0 + r) * p.K;
@@ -162,17 +183,29 @@ BITCONV_AVX512 void lut_tile(const GemmProblem& p, const uint32_t* words, int64_
       }
       y[r] = _mm512_fmadd_ps(s, sum, y[r]);
     }
+    g0 = g1;
   }
   for (int r = 0; r < MB; ++r) _mm512_storeu_ps(p.y + (m0 + r) * p.N + n0, y[r]);
 }
 
-BITCONV_AVX512 void lut_block(const GemmProblem& p, const uint32_t* words, int64_t n0) {
+// Row blocks [n0, n1) (multiples of 16) for activation rows [m0, m0 + MB), pass by pass over K.
+template <int MB>
+BITCONV_AVX512 void lut_rows(const GemmProblem& p, const uint32_t* const* words, int64_t m0, int64_t n0, int64_t n1) {
+  const int64_t pass = lut_pass_columns(p, MB);
+  for (int64_t k = 0; k < p.K; k += pass) {
+    const int64_t k_end = std::min(p.K, k + pass);
+    for (int64_t n = n0; n < n1; n += kLutColumns)
+      lut_tile<MB>(p, words[(n - n0) / kLutColumns], m0, n, k, k_end, k == 0);
+  }
+}
+
+BITCONV_AVX512 void lut_columns(const GemmProblem& p, const uint32_t* const* words, int64_t n0, int64_t n1) {
   int64_t m = 0;
-  for (; m + kLutTileRows <= p.M; m += kLutTileRows) lut_tile<4>(p, words, m, n0);
+  for (; m + kLutTileRows <= p.M; m += kLutTileRows) lut_rows<4>(p, words, m, n0, n1);
   switch (p.M - m) {
-    case 3: lut_tile<3>(p, words, m, n0); break;
-    case 2: lut_tile<2>(p, words, m, n0); break;
-    case 1: lut_tile<1>(p, words, m, n0); break;
+    case 3: lut_rows<3>(p, words, m, n0, n1); break;
+    case 2: lut_rows<2>(p, words, m, n0, n1); break;
+    case 1: lut_rows<1>(p, words, m, n0, n1); break;
     default: break;
   }
 }
@@ -189,20 +222,22 @@ BITCONV_AVX512 void gemm_float(const GemmProblem& p, int64_t n0, int64_t n1) {
     gemm_float_decode(p, n, first);
     n = first;
   }
+  const int64_t blocks_end = n + (n1 - n) / kLutColumns * kLutColumns;
   const int64_t block_words = (p.K / 16) * 16;
-  std::vector<uint32_t> local;  // a weight that is not a constant initializer is regrouped block by block
-  for (; n + kLutColumns <= n1; n += kLutColumns) {
-    const uint32_t* words;
+  std::vector<const uint32_t*> words;
+  std::vector<uint32_t> local;  // a weight that is not a constant initializer is regrouped here
+  if (!p.interleaved) local.resize(static_cast<size_t>((blocks_end - n) / kLutColumns * block_words));
+  for (int64_t b = n; b < blocks_end; b += kLutColumns) {
     if (p.interleaved) {
-      words = p.interleaved + (n / kLutColumns) * block_words;
+      words.push_back(p.interleaved + (b / kLutColumns) * block_words);
     } else {
-      local.resize(static_cast<size_t>(block_words));
-      interleave_block(p.codes, p.row_bytes, p.K, n, local.data());
-      words = local.data();
+      uint32_t* dst = local.data() + (b - n) / kLutColumns * block_words;
+      interleave_block(p.codes, p.row_bytes, p.K, b, dst);
+      words.push_back(dst);
     }
-    lut_block(p, words, n);
   }
-  if (n < n1) gemm_float_decode(p, n, n1);
+  if (blocks_end > n) lut_columns(p, words.data(), n, blocks_end);
+  if (blocks_end < n1) gemm_float_decode(p, blocks_end, n1);
 }
 
 constexpr int64_t kChunk = 64;

@@ -201,7 +201,7 @@ struct TernaryMatMulKernel {
   int64_t K = 0, N = 0, group_size = 0, act_quant = 0, packing = kPacking2Bit;
   KernelSet kernels{};
   std::vector<uint8_t> constant_codes_2bit;  // base-3 codes of a constant initializer, repacked once
-  std::vector<uint32_t> interleaved;          // interleave_codes() of a constant initializer
+  AlignedArray<uint32_t> interleaved;         // interleave_codes() of a constant initializer
 
   OrtStatus* error(const std::string& what) const {
     const std::string msg = std::string(kOpType) + " node '" + node + "': " + what;
@@ -430,7 +430,7 @@ OrtStatus* TernaryMatMulKernel::compute(OrtKernelContext* ctx) {
   p.y = static_cast<float*>(y);
   p.a = static_cast<const float*>(A.data);
 
-  std::vector<float> a_tables;
+  AlignedArray<float> a_tables;
   if (!act_quant && kernels.float_workspace) {
     const int64_t n_floats = kernels.float_workspace(p);
     if (n_floats > 0) {
