@@ -402,6 +402,29 @@ def _copy_side_files(folder: Path, out_dir: Path) -> None:
             os.replace(tmp, dst)
 
 
+def _save_atomically(proto, onnx_path: Path) -> None:
+    """Write the model (and, over protobuf's 2 GB limit, its external data file NAME.onnx.data beside it).
+
+    Both files are written into a temporary folder next to the target and renamed into place, the data file
+    first, so an interrupted export leaves no half-written .onnx and never a .onnx pointing at missing data.
+    """
+    import onnx
+
+    data_name = onnx_path.name + ".data"
+    with tempfile.TemporaryDirectory(prefix=f".{onnx_path.name}.", dir=onnx_path.parent) as tmp:
+        staged = Path(tmp) / onnx_path.name
+        external = proto.ByteSize() > MAX_PROTO_BYTES
+        if external:
+            onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+            os.replace(Path(tmp) / data_name, onnx_path.with_name(data_name))
+        else:
+            onnx.save_model(proto, str(staged))
+        os.replace(staged, onnx_path)
+    if not external:  # a data file left by an earlier, larger export to the same name
+        onnx_path.with_name(data_name).unlink(missing_ok=True)
+
+
 def export(folder: str | os.PathLike, onnx_path: str | os.PathLike, *, target: str = "op",
            opset: int = DEFAULT_OPSET, copy_side_files: bool = True) -> ExportResult:
     """Export a bitconv folder to ONNX; see the module docstring for targets, inputs and outputs."""
@@ -453,14 +476,7 @@ def export(folder: str | os.PathLike, onnx_path: str | os.PathLike, *, target: s
         entry.key, entry.value = key, str(value)
 
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = onnx_path.with_name(onnx_path.name + ".tmp")
-    if proto.ByteSize() > MAX_PROTO_BYTES:
-        data_name = onnx_path.name + ".data"
-        onnx.save_model(proto, str(tmp_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-    else:
-        onnx.save_model(proto, str(tmp_path))
-    os.replace(tmp_path, onnx_path)
+    _save_atomically(proto, onnx_path)
     if copy_side_files:
         _copy_side_files(folder, onnx_path.parent)
     return ExportResult(onnx_path, target, kind, n_replaced, onnx_path.stat().st_size)

@@ -121,6 +121,31 @@ def test_export_is_deterministic(converted, tmp_path):
     assert a == b
 
 
+def test_large_model_goes_to_external_data(converted, tmp_path, monkeypatch):
+    # models over protobuf's 2 GB limit are saved with their initializers in NAME.onnx.data; a real 2 GB export
+    # is too slow for the test suite, so the limit is lowered to make the tiny model take that path
+    import bitconv.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "MAX_PROTO_BYTES", 1024)
+    path = tmp_path / "gpt2.onnx"
+    result = export(converted["gpt2"], path, target="op")
+    import onnx
+
+    data = tmp_path / "gpt2.onnx.data"
+    external = [t.name for t in onnx.load(str(path), load_external_data=False).graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external and data.stat().st_size > 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # the staging folder is gone
+    ids = _ids()
+    decoder = OnnxDecoder(result.path, threads=1)
+    logits, _ = decoder.step(ids, decoder.empty_cache())
+    np.testing.assert_allclose(logits, _reference(converted["gpt2"], ids), atol=ATOL, rtol=0)
+    # exporting a small model again to the same name removes the stale data file
+    monkeypatch.setattr(onnx_export, "MAX_PROTO_BYTES", 2 * 1024**3)
+    export(converted["gpt2"], path, target="op")
+    assert not data.exists()
+
+
 def test_int8_activations_base3_groups_and_outliers(tiny_gpt2, tmp_path):
     import onnx
 
