@@ -169,15 +169,21 @@ class ConversionResult:
     seconds: float
 
 
+def _source_label(src: Source) -> str:
+    """How outputs name their source: the Hub id, or a local folder's / file's name -- never the path, so the
+    same checkpoint converted from two places gives the same bytes."""
+    return src.spec if src.kind == "hub" else Path(src.spec).name
+
+
 def _quantization_config(cfg: QuantConfig, src: Source) -> dict:
     return {"quant_method": QUANT_METHOD, "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-            **cfg.to_dict(), "source": src.spec if src.kind == "hub" else Path(src.spec).name,
-            "source_revision": src.revision}
+            **cfg.to_dict(), "source": _source_label(src), "source_revision": src.revision}
 
 
 def _write_config(src: Source, cfg: QuantConfig, folder: Path) -> None:
     config = src.config.to_dict()
     config["quantization_config"] = _quantization_config(cfg, src)
+    config["_name_or_path"] = _source_label(src)  # transformers records the absolute folder it read
     write_json_atomic(folder / "config.json", config)
 
 
@@ -195,7 +201,7 @@ def _copy_side_files(src: Source, folder: Path) -> None:
 
 def _model_card(src: Source, cfg: QuantConfig, plan: Plan) -> str:
     lines = [f"# {Path(str(src.spec)).name} converted by bitconv", "",
-             f"Source: `{src.spec}`" + (f" (revision `{src.revision}`)" if src.revision else ""),
+             f"Source: `{_source_label(src)}`" + (f" (revision `{src.revision}`)" if src.revision else ""),
              f"Format: {FORMAT_NAME} version {FORMAT_VERSION} (see bitconv's formats/SPEC.md)", "",
              "| category | parameters | bytes |", "|---|---|---|"]
     for category, t in sorted(plan.totals().items()):

@@ -296,11 +296,17 @@ class PackedReader:
             yield name, self.raw(name)
 
 
-def write_json_atomic(path: Path, obj, indent: int = 2) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name and rename, so a reader never sees half a file."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj, indent: int = 2) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
 
 
 def shard_names(n: int) -> list[str]:

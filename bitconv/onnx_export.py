@@ -21,7 +21,6 @@ lm_head) is stored once behind a Transpose; ONNX Runtime folds both at session c
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil

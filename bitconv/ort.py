@@ -86,7 +86,6 @@ def ternary_matmul_model(K: int, N: int, initializers: dict[str, np.ndarray], *,
     stored as given (no dtype conversion), so tests can feed deliberately wrong inputs. The graph input is "A"
     with shape `a_shape` (default ["M", K]; the last entry should be K), the output "Y".
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     if packing not in PACKING_CODES:

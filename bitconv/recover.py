@@ -875,15 +875,8 @@ def write_output(model: nn.Module, tok, source: str, out: Path, cfg: RecoverConf
         convert(str(latent), staged, bits=cfg.bits, granularity=cfg.granularity, scale=cfg.scale_method,
                 keep_outliers=cfg.keep_outliers, activations=cfg.activations, progress=False,
                 outliers={name: idx.cpu().tolist() for name, idx in outliers.items()} or None)
-        # convert saw a temporary folder; name the real source, as converting it directly would, so that
-        # the same inputs give the same bytes
-        config_path = staged / "config.json"
-        config = json.loads(config_path.read_text())
-        config["_name_or_path"] = str(source)
-        write_json_atomic(config_path, config)
         card = staged / "README.md"
-        text = card.read_text().replace(f"`{latent}`", f"`{source}`")
-        card.write_text(text + recovery_card(source, cfg, metrics))
+        card.write_text(card.read_text() + recovery_card(source, cfg, metrics))
         if out.exists():
             if not force:
                 raise BitconvError(f"{out} appeared during training; pass --force to replace it")

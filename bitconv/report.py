@@ -14,14 +14,13 @@ import csv
 import html
 import io
 import json
-import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bitconv import charts
 from bitconv.errors import BitconvError
-from bitconv.format import write_json_atomic
+from bitconv.format import write_json_atomic, write_text_atomic
 from bitconv.results import json_safe, read_results
 
 REPORT_SCHEMA = "bitconv.report"
@@ -464,13 +463,6 @@ def render_html(title: str, blocks, chart_svgs: dict[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(rep: Report, html: str | Path | None = None, markdown: str | Path | None = None,
                  json_path: str | Path | None = None) -> list[Path]:
     """Writes the requested files (each under a temporary name, then renamed); returns their paths.
@@ -483,14 +475,14 @@ def write_report(rep: Report, html: str | Path | None = None, markdown: str | Pa
         chart_dir = md.with_name(md.stem + "_charts")
         paths = {}
         for name, svg in rep.charts.items():
-            _write_text_atomic(chart_dir / f"{name}.svg", svg)
+            write_text_atomic(chart_dir / f"{name}.svg", svg)
             paths[name] = f"{chart_dir.name}/{name}.svg"
             written.append(chart_dir / f"{name}.svg")
-        _write_text_atomic(md, render_markdown(rep.blocks, paths))
+        write_text_atomic(md, render_markdown(rep.blocks, paths))
         written.append(md)
     if html:
         page = Path(html).expanduser()
-        _write_text_atomic(page, render_html(rep.title, rep.blocks, rep.charts))
+        write_text_atomic(page, render_html(rep.title, rep.blocks, rep.charts))
         written.append(page)
     if json_path:
         path = Path(json_path).expanduser()

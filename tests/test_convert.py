@@ -39,6 +39,15 @@ def test_conversion_is_byte_identical_across_runs(tiny_gpt2, tmp_path):
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
 
 
+def test_same_checkpoint_from_two_places_gives_the_same_bytes(tiny_gpt2, tmp_path):
+    # the source's location must not leak into the output (transformers' config records its path)
+    copy = tmp_path / "elsewhere" / tiny_gpt2.name
+    shutil.copytree(tiny_gpt2, copy)
+    bitconv.convert(tiny_gpt2, tmp_path / "a", bits=1.58, progress=False)
+    bitconv.convert(copy, tmp_path / "b", bits=1.58, progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+
+
 def test_input_folder_is_never_modified(tiny_llama, tmp_path):
     before = _digest(tiny_llama)
     bitconv.convert(tiny_llama, tmp_path / "out", bits=2, progress=False)
