@@ -1,4 +1,5 @@
-// The part of ONNX Runtime's C ABI that the bitconv custom op uses, declared here by hand.
+// The part of ONNX Runtime's C ABI that bitconv calls, declared here by hand: the entries the custom op library
+// calls (ternary_matmul.cc) and the entries the example host app calls (example_app/run_model.cc).
 //
 // Why by hand: ONNX Runtime's headers ship in no package this project can install, and third-party code is not
 // copied into this repository. The C ABI is stable by design: `OrtGetApiBase()->GetApi(version)` returns a table
@@ -7,14 +8,16 @@
 // the exact index of each entry it calls and the argument types of those entries; every other slot is an opaque
 // `void*` placeholder here.
 //
-// Indices were learned from ONNX Runtime's public header and the "End of Version N" markers in its
-// onnxruntime_c_api.cc (e.g. ReleaseCustomOpDomain is the last entry of version 1 at index 101,
-// GetBuildInfoString ends version 15 at 254, KernelContext_GetResource ends version 16 at 265,
-// SessionOptionsAppendExecutionProvider_OpenVINO_V2 ends version 17 at 275). The static_asserts below pin each
-// entry we call to its index, so a typo in a gap size fails the build, and tests/test_ort_op.py loads the library
-// into the real onnxruntime and runs it.
+// Indices were learned from ONNX Runtime's public header (argument types) and the table `ort_api_1_to_N` in its
+// onnxruntime_c_api.cc, which lists every entry in order with "End of Version N" markers: version 1 is the block
+// CreateStatus(0) .. ReleaseCustomOpDomain(101), counted entry by entry; ReleaseCANNProviderOptions ends version 13
+// at 224, so RegisterCustomOpsLibrary_V2, the fourth entry of version 14, sits at 228; GetBuildInfoString ends
+// version 15 at 254, KernelContext_GetResource ends version 16 at 265, SessionOptionsAppendExecutionProvider_
+// OpenVINO_V2 ends version 17 at 275. The static_asserts below pin each entry we call to its index, so a typo in a
+// gap size fails the build; tests/test_ort_op.py loads the op library into the real onnxruntime and runs it, and
+// tests/test_ort_app.py builds the app and runs it against the onnxruntime wheel's libonnxruntime.
 //
-// Entries we call, with the API version that introduced them:
+// Entries the op library calls, with the API version that introduced them:
 //   v1:  CreateStatus(0), CreateCustomOpDomain(26), CustomOpDomain_Add(27), AddCustomOpDomain(28),
 //        GetTensorMutableData(51), GetTensorElementType(60), GetDimensionsCount(61), GetDimensions(62),
 //        GetTensorTypeAndShape(65), KernelInfoGetAttribute_int64(86), KernelContext_GetInputCount(88),
@@ -22,6 +25,17 @@
 //        ReleaseTensorTypeAndShapeInfo(99)
 //   v15: KernelInfo_GetNodeName(244), KernelInfoGetConstantInput_tensor(249)
 //   v17: KernelContext_ParallelFor(274)
+// Entries only the example app calls (a host program, the side of the ABI an application sees):
+//   v1:  GetErrorMessage(2), CreateEnv(3), CreateSession(7), Run(9), CreateSessionOptions(10),
+//        SetIntraOpNumThreads(24), SessionGetOutputName(37), CreateTensorWithDataAsOrtValue(49),
+//        GetTensorShapeElementCount(64), CreateCpuMemoryInfo(69), AllocatorFree(76),
+//        GetAllocatorWithDefaultOptions(78), ReleaseEnv(92), ReleaseMemoryInfo(94), ReleaseSession(95),
+//        ReleaseValue(96), ReleaseSessionOptions(100)
+//   v14: RegisterCustomOpsLibrary_V2(228) -- ONNX Runtime loads the library and owns its handle; the version-1
+//        RegisterCustomOpsLibrary(29) would hand the dlopen handle to the caller to close after every session.
+//
+// Paths (`model_path`, `library_name`) are ORTCHAR_T in ONNX Runtime's header: char everywhere but Windows, where
+// they are wchar_t. Only the app passes paths, and it is POSIX-only (dlopen), so they are declared as char here.
 //
 // The custom op itself is described to the runtime by an `OrtCustomOp` struct whose `version` field tells the
 // runtime which of the trailing members exist: members up to GetOutputCharacteristic from version 8 (optional
@@ -42,13 +56,20 @@ extern "C" {
 #define BITCONV_NOEXCEPT
 #endif
 
-// The API version with every entry we call (KernelContext_ParallelFor is the newest, version 17). Version 16 is the
-// fallback: everything but ParallelFor, so the op runs single-threaded. Below 16 the op cannot report errors.
+// The API version with every entry the op library calls (KernelContext_ParallelFor is the newest, version 17).
+// Version 16 is the fallback: everything but ParallelFor, so the op runs single-threaded. Below 16 the op cannot
+// report errors. (The example app asks for its own version, 14; see run_model.cc.)
 #define BITCONV_ORT_API_VERSION 17
 #define BITCONV_ORT_API_VERSION_FALLBACK 16
 
-// Opaque runtime objects: only ever handled through pointers.
+// Opaque runtime objects: only ever handled through pointers. (OrtAllocator is a struct of function pointers in
+// ONNX Runtime's header; we never call through it directly, only hand it back to AllocatorFree.)
 typedef struct OrtStatus OrtStatus;
+typedef struct OrtEnv OrtEnv;
+typedef struct OrtSession OrtSession;
+typedef struct OrtRunOptions OrtRunOptions;
+typedef struct OrtMemoryInfo OrtMemoryInfo;
+typedef struct OrtAllocator OrtAllocator;
 typedef struct OrtValue OrtValue;
 typedef struct OrtSessionOptions OrtSessionOptions;
 typedef struct OrtCustomOpDomain OrtCustomOpDomain;
@@ -88,6 +109,20 @@ typedef enum OrtErrorCode {
   ORT_EP_FAIL = 11,
 } OrtErrorCode;
 
+typedef enum OrtLoggingLevel {
+  ORT_LOGGING_LEVEL_VERBOSE = 0,
+  ORT_LOGGING_LEVEL_INFO = 1,
+  ORT_LOGGING_LEVEL_WARNING = 2,
+  ORT_LOGGING_LEVEL_ERROR = 3,
+  ORT_LOGGING_LEVEL_FATAL = 4,
+} OrtLoggingLevel;
+
+typedef enum OrtAllocatorType {
+  OrtInvalidAllocator = -1,
+  OrtDeviceAllocator = 0,
+  OrtArenaAllocator = 1,
+} OrtAllocatorType;
+
 typedef enum OrtMemType {
   OrtMemTypeCPUInput = -2,
   OrtMemTypeCPUOutput = -1,
@@ -114,11 +149,34 @@ typedef struct OrtApiBase {
 
 struct OrtApi {
   OrtStatus* (*CreateStatus)(OrtErrorCode code, const char* msg)BITCONV_NOEXCEPT;  // 0
-  BITCONV_ORT_SKIP(1, 25);
+  BITCONV_ORT_SKIP(1, 1);
+  const char* (*GetErrorMessage)(const OrtStatus* status)BITCONV_NOEXCEPT;  // 2
+  OrtStatus* (*CreateEnv)(OrtLoggingLevel log_severity_level, const char* logid, OrtEnv** out)BITCONV_NOEXCEPT;  // 3
+  BITCONV_ORT_SKIP(4, 6);
+  OrtStatus* (*CreateSession)(const OrtEnv* env, const char* model_path, const OrtSessionOptions* options,
+                              OrtSession** out)BITCONV_NOEXCEPT;  // 7
+  BITCONV_ORT_SKIP(8, 8);
+  // outputs[i] may be null on entry: the runtime then allocates the value, to be released with ReleaseValue.
+  OrtStatus* (*Run)(OrtSession* session, const OrtRunOptions* run_options, const char* const* input_names,
+                    const OrtValue* const* inputs, size_t input_len, const char* const* output_names,
+                    size_t output_names_len, OrtValue** outputs)BITCONV_NOEXCEPT;  // 9
+  OrtStatus* (*CreateSessionOptions)(OrtSessionOptions** options)BITCONV_NOEXCEPT;  // 10
+  BITCONV_ORT_SKIP(11, 23);
+  OrtStatus* (*SetIntraOpNumThreads)(OrtSessionOptions* options, int intra_op_num_threads)BITCONV_NOEXCEPT;  // 24
+  BITCONV_ORT_SKIP(25, 25);
   OrtStatus* (*CreateCustomOpDomain)(const char* domain, OrtCustomOpDomain** out)BITCONV_NOEXCEPT;  // 26
   OrtStatus* (*CustomOpDomain_Add)(OrtCustomOpDomain* domain, const struct OrtCustomOp* op)BITCONV_NOEXCEPT;  // 27
   OrtStatus* (*AddCustomOpDomain)(OrtSessionOptions* options, OrtCustomOpDomain* domain)BITCONV_NOEXCEPT;  // 28
-  BITCONV_ORT_SKIP(29, 50);
+  BITCONV_ORT_SKIP(29, 36);
+  // The name is allocated with `allocator` and freed by the caller with AllocatorFree.
+  OrtStatus* (*SessionGetOutputName)(const OrtSession* session, size_t index, OrtAllocator* allocator,
+                                     char** value)BITCONV_NOEXCEPT;  // 37
+  BITCONV_ORT_SKIP(38, 48);
+  // Wraps the caller's buffer without copying it: the buffer must outlive the value.
+  OrtStatus* (*CreateTensorWithDataAsOrtValue)(const OrtMemoryInfo* info, void* data, size_t data_n_bytes,
+                                               const int64_t* shape, size_t shape_len,
+                                               ONNXTensorElementDataType type, OrtValue** out)BITCONV_NOEXCEPT;  // 49
+  BITCONV_ORT_SKIP(50, 50);
   OrtStatus* (*GetTensorMutableData)(OrtValue* value, void** out)BITCONV_NOEXCEPT;  // 51
   BITCONV_ORT_SKIP(52, 59);
   OrtStatus* (*GetTensorElementType)(const OrtTensorTypeAndShapeInfo* info,
@@ -126,9 +184,18 @@ struct OrtApi {
   OrtStatus* (*GetDimensionsCount)(const OrtTensorTypeAndShapeInfo* info, size_t* out)BITCONV_NOEXCEPT;  // 61
   OrtStatus* (*GetDimensions)(const OrtTensorTypeAndShapeInfo* info, int64_t* dims,
                               size_t dims_length)BITCONV_NOEXCEPT;  // 62
-  BITCONV_ORT_SKIP(63, 64);
+  BITCONV_ORT_SKIP(63, 63);
+  OrtStatus* (*GetTensorShapeElementCount)(const OrtTensorTypeAndShapeInfo* info, size_t* out)BITCONV_NOEXCEPT;  // 64
   OrtStatus* (*GetTensorTypeAndShape)(const OrtValue* value, OrtTensorTypeAndShapeInfo** out)BITCONV_NOEXCEPT;  // 65
-  BITCONV_ORT_SKIP(66, 85);
+  BITCONV_ORT_SKIP(66, 68);
+  OrtStatus* (*CreateCpuMemoryInfo)(OrtAllocatorType type, OrtMemType mem_type,
+                                    OrtMemoryInfo** out)BITCONV_NOEXCEPT;  // 69
+  BITCONV_ORT_SKIP(70, 75);
+  OrtStatus* (*AllocatorFree)(OrtAllocator* allocator, void* p)BITCONV_NOEXCEPT;  // 76
+  BITCONV_ORT_SKIP(77, 77);
+  // The process-wide CPU allocator: never released by the caller.
+  OrtStatus* (*GetAllocatorWithDefaultOptions)(OrtAllocator** out)BITCONV_NOEXCEPT;  // 78
+  BITCONV_ORT_SKIP(79, 85);
   OrtStatus* (*KernelInfoGetAttribute_int64)(const OrtKernelInfo* info, const char* name,
                                              int64_t* out)BITCONV_NOEXCEPT;  // 86
   BITCONV_ORT_SKIP(87, 87);
@@ -138,11 +205,19 @@ struct OrtApi {
                                        const OrtValue** out)BITCONV_NOEXCEPT;  // 90
   OrtStatus* (*KernelContext_GetOutput)(OrtKernelContext* context, size_t index, const int64_t* dims,
                                         size_t dim_count, OrtValue** out)BITCONV_NOEXCEPT;  // 91
-  BITCONV_ORT_SKIP(92, 92);
+  void (*ReleaseEnv)(OrtEnv* env)BITCONV_NOEXCEPT;  // 92
   void (*ReleaseStatus)(OrtStatus* status)BITCONV_NOEXCEPT;  // 93
-  BITCONV_ORT_SKIP(94, 98);
+  void (*ReleaseMemoryInfo)(OrtMemoryInfo* info)BITCONV_NOEXCEPT;  // 94
+  void (*ReleaseSession)(OrtSession* session)BITCONV_NOEXCEPT;  // 95
+  void (*ReleaseValue)(OrtValue* value)BITCONV_NOEXCEPT;  // 96
+  BITCONV_ORT_SKIP(97, 98);
   void (*ReleaseTensorTypeAndShapeInfo)(OrtTensorTypeAndShapeInfo* info)BITCONV_NOEXCEPT;  // 99
-  BITCONV_ORT_SKIP(100, 243);
+  void (*ReleaseSessionOptions)(OrtSessionOptions* options)BITCONV_NOEXCEPT;  // 100
+  BITCONV_ORT_SKIP(101, 227);
+  // Loads the library, calls its RegisterCustomOps with these options, and keeps it loaded while needed.
+  OrtStatus* (*RegisterCustomOpsLibrary_V2)(OrtSessionOptions* options,
+                                            const char* library_name)BITCONV_NOEXCEPT;  // 228, version 14
+  BITCONV_ORT_SKIP(229, 243);
   OrtStatus* (*KernelInfo_GetNodeName)(const OrtKernelInfo* info, char* out, size_t* size)BITCONV_NOEXCEPT;  // 244
   BITCONV_ORT_SKIP(245, 248);
   OrtStatus* (*KernelInfoGetConstantInput_tensor)(const OrtKernelInfo* info, size_t index, int* is_constant,
@@ -187,6 +262,9 @@ typedef struct OrtCustomOp {
 // The one symbol this library exports; ONNX Runtime looks it up after loading the library.
 typedef OrtStatus* (*RegisterCustomOpsFn)(OrtSessionOptions* options, const OrtApiBase* api);
 
+// The C API's one entry point, exported by libonnxruntime (what a host app looks up after loading it).
+typedef const OrtApiBase* (*OrtGetApiBaseFn)(void);
+
 #ifdef __cplusplus
 }  // extern "C"
 
@@ -194,20 +272,38 @@ typedef OrtStatus* (*RegisterCustomOpsFn)(OrtSessionOptions* options, const OrtA
 #define BITCONV_ORT_AT(member, index) \
   static_assert(offsetof(OrtApi, member) == (index) * sizeof(void*), #member " must be OrtApi entry " #index)
 BITCONV_ORT_AT(CreateStatus, 0);
+BITCONV_ORT_AT(GetErrorMessage, 2);
+BITCONV_ORT_AT(CreateEnv, 3);
+BITCONV_ORT_AT(CreateSession, 7);
+BITCONV_ORT_AT(Run, 9);
+BITCONV_ORT_AT(CreateSessionOptions, 10);
+BITCONV_ORT_AT(SetIntraOpNumThreads, 24);
 BITCONV_ORT_AT(CreateCustomOpDomain, 26);
 BITCONV_ORT_AT(CustomOpDomain_Add, 27);
 BITCONV_ORT_AT(AddCustomOpDomain, 28);
+BITCONV_ORT_AT(SessionGetOutputName, 37);
+BITCONV_ORT_AT(CreateTensorWithDataAsOrtValue, 49);
 BITCONV_ORT_AT(GetTensorMutableData, 51);
 BITCONV_ORT_AT(GetTensorElementType, 60);
 BITCONV_ORT_AT(GetDimensionsCount, 61);
 BITCONV_ORT_AT(GetDimensions, 62);
+BITCONV_ORT_AT(GetTensorShapeElementCount, 64);
 BITCONV_ORT_AT(GetTensorTypeAndShape, 65);
+BITCONV_ORT_AT(CreateCpuMemoryInfo, 69);
+BITCONV_ORT_AT(AllocatorFree, 76);
+BITCONV_ORT_AT(GetAllocatorWithDefaultOptions, 78);
 BITCONV_ORT_AT(KernelInfoGetAttribute_int64, 86);
 BITCONV_ORT_AT(KernelContext_GetInputCount, 88);
 BITCONV_ORT_AT(KernelContext_GetInput, 90);
 BITCONV_ORT_AT(KernelContext_GetOutput, 91);
+BITCONV_ORT_AT(ReleaseEnv, 92);
 BITCONV_ORT_AT(ReleaseStatus, 93);
+BITCONV_ORT_AT(ReleaseMemoryInfo, 94);
+BITCONV_ORT_AT(ReleaseSession, 95);
+BITCONV_ORT_AT(ReleaseValue, 96);
 BITCONV_ORT_AT(ReleaseTensorTypeAndShapeInfo, 99);
+BITCONV_ORT_AT(ReleaseSessionOptions, 100);
+BITCONV_ORT_AT(RegisterCustomOpsLibrary_V2, 228);
 BITCONV_ORT_AT(KernelInfo_GetNodeName, 244);
 BITCONV_ORT_AT(KernelInfoGetConstantInput_tensor, 249);
 BITCONV_ORT_AT(KernelContext_ParallelFor, 274);
