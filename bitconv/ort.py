@@ -47,8 +47,14 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-def session_options(threads: int | None = None):
-    """SessionOptions with the custom op library registered; `threads` sets the intra-op thread count."""
+def session_options(threads: int | None = None, spin: bool | None = None):
+    """SessionOptions with the custom op library registered; `threads` sets the intra-op thread count.
+
+    `spin` sets whether idle intra-op threads busy-wait for work (ONNX Runtime's default: yes). Busy-waiting
+    threads take execution resources from the thread doing the work when cores are shared (virtual machines,
+    hyper-threads, other processes): on the 2-CPU machine of docs/benchmarks/gemv.md, 2 threads with spinning
+    ran a GEMV slower than 1 thread, and without it faster.
+    """
     ort = _import_onnxruntime()
     options = ort.SessionOptions()
     options.register_custom_ops_library(str(library_path()))
@@ -57,15 +63,17 @@ def session_options(threads: int | None = None):
             raise BitconvError(f"threads must be at least 1, got {threads}")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if spin is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return options
 
 
 def session(model_path: str | Path | bytes, threads: int | None = None,
-            providers: Sequence[str] = ("CPUExecutionProvider",)):
+            providers: Sequence[str] = ("CPUExecutionProvider",), spin: bool | None = None):
     """An onnxruntime.InferenceSession for a model that may use bitconv.TernaryMatMul.
 
     `model_path` is a .onnx file or the serialized model bytes; `threads` the intra-op threads (None: ONNX
-    Runtime's default, one per physical core).
+    Runtime's default, one per physical core); `spin` as in `session_options`.
     """
     ort = _import_onnxruntime()
     if not isinstance(model_path, (bytes, bytearray)):
@@ -73,7 +81,8 @@ def session(model_path: str | Path | bytes, threads: int | None = None,
         if not model_path.is_file():
             raise BitconvError(f"{model_path}: no such ONNX model file")
         model_path = str(model_path)
-    return ort.InferenceSession(model_path, sess_options=session_options(threads), providers=list(providers))
+    return ort.InferenceSession(model_path, sess_options=session_options(threads, spin),
+                                providers=list(providers))
 
 
 def ternary_matmul_model(K: int, N: int, initializers: dict[str, np.ndarray], *, group_size: int = 0,

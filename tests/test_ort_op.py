@@ -175,6 +175,17 @@ def test_two_threads_give_the_same_result():
     np.testing.assert_array_equal(_run(model, a, threads=1), _run(model, a, threads=2))
 
 
+@pytest.mark.parametrize("spin", [True, False])
+def test_pool_spinning_can_be_set_and_results_do_not_change(spin):
+    options = bort.session_options(2, spin=spin)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")
+    rng = np.random.default_rng(12)
+    inits, w, _ = _weight(rng, 64, 96)
+    a = rng.standard_normal((3, 96)).astype(np.float32)
+    y = bort.session(bort.ternary_matmul_model(96, 64, inits), threads=2, spin=spin).run(None, {"A": a})[0]
+    np.testing.assert_allclose(y, _reference(a, w, None, False), rtol=1e-5, atol=_tolerance(a, w))
+
+
 def test_random_shapes_fuzz():
     rng = np.random.default_rng(1234)
     isas = [i for i in ISAS if not (_NEEDS.get(i, set()) - _FLAGS)]

@@ -70,8 +70,8 @@ def build_models(K: int, N: int, seed: int = 0):
     return models, w_float
 
 
-def session(model: bytes, threads: int):
-    options = bort.session_options(threads)
+def session(model: bytes, threads: int, spin: bool | None = None):
+    options = bort.session_options(threads, spin=spin)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
@@ -98,12 +98,26 @@ def machine() -> str:
     return f"{model}, {cpus} CPUs ({platform.machine()})"
 
 
-def measure(K, N, Ms, threads_list, rounds, calls):
+def pools(threads_list, spin: str) -> list[tuple[str, int, bool | None]]:
+    """(label, threads, spin) per thread-pool setting: above 1 thread, with and/or without busy-waiting workers."""
+    out = []
+    for threads in threads_list:
+        if threads == 1:
+            out.append(("1", 1, None))
+            continue
+        if spin in ("on", "both"):
+            out.append((f"{threads} spin", threads, True))
+        if spin in ("off", "both"):
+            out.append((f"{threads} no-spin", threads, False))
+    return out
+
+
+def measure(K, N, Ms, pool_list, rounds, calls):
     models, w_float = build_models(K, N)
     results = {}
     rng = np.random.default_rng(1)
-    for threads in threads_list:
-        sessions = {name: session(m, threads) for name, (m, _) in models.items()}
+    for threads, n_threads, spin in pool_list:
+        sessions = {name: session(m, n_threads, spin) for name, (m, _) in models.items()}
         for M in Ms:
             a = rng.standard_normal((M, K)).astype(np.float32)
             ref = a @ w_float.T
@@ -131,7 +145,7 @@ def load_average() -> str:
         return "unknown"
 
 
-def report(K, N, Ms, threads_list, models, results, copy_bw, command, load_before, load_after) -> str:
+def report(K, N, Ms, pool_labels, models, results, copy_bw, command, load_before, load_after) -> str:
     lines = [
         "# GEMV / GEMM: TernaryMatMul vs ONNX Runtime MatMul (float32) and MatMulNBits (bits=2)",
         "",
@@ -143,13 +157,15 @@ def report(K, N, Ms, threads_list, models, results, copy_bw, command, load_befor
         f"- Load average (1 / 5 / 15 min) before the run: {load_before}, after: {load_after} -- on a machine with",
         f"  {os.cpu_count()} CPUs, a load above 1 means other processes competed for the cores; the 2-thread rows",
         "  suffer most from that.",
+        "- threads: `1`, or N with the intra-op pool's idle workers busy-waiting (`spin`, ONNX Runtime's default)",
+        "  or sleeping (`no-spin`, session option session.intra_op.allow_spinning=0), the same for every contender.",
         "- `TernaryMatMul float A`: act_quant=0 (float activations, exact to fp32 rounding); `int8 A`: act_quant=1",
         "  (per-token int8 activations, the same arithmetic class as MatMulNBits accuracy_level=4).",
         "",
         "| threads | M | contender | median ms | weight GB/s | speed-up vs float32 MatMul | vs MatMulNBits | max rel. error vs float |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for threads in threads_list:
+    for threads in pool_labels:
         for M in Ms:
             base = results[("float32 MatMul", threads, M)]
             nbits = results[("MatMulNBits bits=2 acc4", threads, M)]
@@ -160,16 +176,28 @@ def report(K, N, Ms, threads_list, models, results, copy_bw, command, load_befor
     if 1 not in Ms:
         return "\n".join(lines) + "\n"
     lines += ["", "## Targets (M = 1)", ""]
-    for threads in threads_list:
+    for threads in pool_labels:
         base = results[("float32 MatMul", threads, 1)]
         nbits = results[("MatMulNBits bits=2 acc4", threads, 1)]
         for name in ("TernaryMatMul float A", "TernaryMatMul int8 A"):
             t = results[(name, threads, 1)]
             ok8 = base / t >= 8
             okn = t <= nbits
-            lines.append(f"- {threads} thread(s), {name}: {base / t:.2f}x float32 MatMul (target >= 8x: "
+            lines.append(f"- threads {threads}, {name}: {base / t:.2f}x float32 MatMul (target >= 8x: "
                          f"{'met' if ok8 else 'NOT met'}), {nbits / t:.2f}x MatMulNBits (target >= 1x: "
                          f"{'met' if okn else 'NOT met'})")
+    lines += ["", "## Reading the numbers", "",
+              "- MatMulNBits with accuracy_level=4 quantizes the activations to int8 inside the kernel; the op's "
+              "like-for-like mode is `int8 A`",
+              "  (act_quant=1, W1.58A8 as BitNet b1.58 runs). `float A` keeps float32 activations and is exact to "
+              "fp32 rounding (see the",
+              "  error column); its AVX-512 inner step is one shift, one 16-lane permute and one add per 32 weights. "
+              "`g++ -O3 -std=c++17",
+              "  docs/benchmarks/lut_loop.cc -o /tmp/lut_loop && /tmp/lut_loop` times that step alone on the "
+              "machine, for comparison with the op's M = 1 row.",
+              "- Above 1 thread, compare `spin` with `no-spin`: where cores are shared (this kind of virtual "
+              "machine), busy-waiting pool workers",
+              "  slow the working thread down. `bitconv.ort.session(..., spin=False)` turns it off."]
     return "\n".join(lines) + "\n"
 
 
@@ -179,6 +207,8 @@ def main() -> None:
     parser.add_argument("--N", type=int, default=4096)
     parser.add_argument("--M", type=int, nargs="+", default=[1, 8, 128])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--spin", choices=["on", "off", "both"], default="both",
+                        help="above 1 thread: idle pool workers busy-wait (on), sleep (off), or measure both")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=20, help="calls per round (divided by M above 8)")
     parser.add_argument("--out", type=Path, help="write the Markdown report here (default: print it)")
@@ -188,9 +218,10 @@ def main() -> None:
     command = "python docs/benchmarks/bench_gemv.py " + " ".join(sys.argv[1:])
     load_before = load_average()
     copy_bw = memcpy_bandwidth()
-    models, results = measure(args.K, args.N, args.M, args.threads, args.rounds, args.calls)
-    text = report(args.K, args.N, args.M, args.threads, models, results, copy_bw, command, load_before,
-                  load_average())
+    pool_list = pools(args.threads, args.spin)
+    models, results = measure(args.K, args.N, args.M, pool_list, args.rounds, args.calls)
+    text = report(args.K, args.N, args.M, [label for label, _, _ in pool_list], models, results, copy_bw, command,
+                  load_before, load_average())
     if args.out:
         tmp = args.out.with_suffix(args.out.suffix + ".tmp")
         tmp.write_text(text)

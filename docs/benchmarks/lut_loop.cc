@@ -2,10 +2,12 @@
 //
 // The kernel's inner step (formats/ort_op/kernels_avx512.cc, lut_tile) handles 16 output rows x 2 input columns
 // (32 weights) with one shift, one 16-lane permute (VPERMPS) and one add. This program times only that step, with
-// the tables and code words in L1/L2 and eight independent accumulators, so no memory traffic or dependency chain
-// limits it: the printed time per 4096 x 4096 weights is a floor for the float path on the machine, to set beside
-// the op's median in docs/benchmarks/gemv.md. It also times the three-column variant (base-3 index of 5 bits,
-// VPERMI2PS over a 32-entry table), the only denser lookup AVX-512 offers for float tables.
+// the tables and code words in L1/L2 and eight independent accumulators, to set beside the op's M = 1 median in
+// docs/benchmarks/gemv.md: on the AMD EPYC there the step alone took 0.33 ms per 4096 x 4096 weights against the
+// op's 0.38 ms, so the float path is bound by this instruction mix, not by memory. It also times the three-column
+// variant (base-3 index of 5 bits, VPERMI2PS over a 32-entry table), the only denser lookup AVX-512 offers for
+// float tables: slower than VPERMPS on that AMD EPYC, faster on an Intel Xeon (docs/benchmarks/gemv-xeon.md). It is
+// a probe of one instruction mix, not a bound for every CPU: on that Xeon the whole op ran faster than this loop.
 //
 //     g++ -O3 -std=c++17 docs/benchmarks/lut_loop.cc -o /tmp/lut_loop && /tmp/lut_loop
 #include <immintrin.h>
