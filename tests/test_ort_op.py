@@ -152,6 +152,21 @@ def test_long_rows_cross_several_table_passes(isa, M, granularity):
     _check(rng, M=M, N=48, K=1100, granularity=granularity)
 
 
+@pytest.mark.parametrize("M", [16, 23])
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group:32", "group:10"])
+def test_many_rows_use_decoded_weight_panels(isa, M, granularity):
+    # from 16 activation rows the AVX-512 float kernel decodes weight panels (32 or 16 output columns x 128 input
+    # columns) and multiplies them with register blocks of 6 rows: K = 200 needs two panels and ends off a
+    # 16-column boundary, N = 200 leaves 16-column and 8-column remainders, M = 23 a 5-row remainder
+    rng = np.random.default_rng(60 + M)
+    _check(rng, M=M, N=200, K=200, granularity=granularity, outliers=0.01, bias=True)
+
+
+def test_many_rows_with_codes_fed_at_run_time(isa):
+    rng = np.random.default_rng(70)
+    _check(rng, M=20, N=48, K=64, granularity="channel", codes_input=True)
+
+
 @pytest.mark.parametrize("packing", ["2bit", "base3"])
 @pytest.mark.parametrize("act_quant", [False, True])
 def test_codes_fed_at_run_time(isa, packing, act_quant):

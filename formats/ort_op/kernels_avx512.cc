@@ -104,7 +104,10 @@ bool lut_applies(const GemmProblem& p) {
 }
 
 // one table of 16 floats per pair of input columns, for each activation row: [M][K / 16][8][16]
-int64_t lut_workspace(const GemmProblem& p) { return lut_applies(p) ? p.M * (p.K / 16) * 8 * 16 : 0; }
+bool panel_applies(const GemmProblem& p);
+int64_t lut_workspace(const GemmProblem& p) {
+  return lut_applies(p) && !panel_applies(p) ? p.M * (p.K / 16) * 8 * 16 : 0;
+}
 
 BITCONV_AVX512 void lut_prepare(const GemmProblem& p, float* tables) {
   const __m512 t_lo = _mm512_setr_ps(-2, -1, 0, 1, -2, -1, 0, 1, -2, -1, 0, 1, -2, -1, 0, 1);
@@ -210,8 +213,119 @@ BITCONV_AVX512 void lut_columns(const GemmProblem& p, const uint32_t* const* wor
   }
 }
 
+// ---- float activations, many rows: decoded weight panels and a register-blocked multiply ---------------------
+//
+// With many activation rows (prompt processing) the lookup tables cost as much per row as the weights themselves,
+// and the work is a plain float GEMM: decode a panel of weights once -- 32 output columns x kPanelK input columns,
+// trit x scale as float, laid out [k][column] -- and let every group of kPanelRows activation rows multiply it from
+// the L1 cache with broadcast-FMAs (12 accumulators, 2 weight loads and 6 broadcasts per 12 FMAs). The interleaved
+// code words decode straight into that layout: a shift puts code k of 16 rows in the low bits of 16 lanes, and a
+// permute against the trit table turns them into floats. The scale is folded into the panel, so every granularity
+// takes the same path.
+constexpr int64_t kPanelMinRows = 16;  // fewer rows: the lookup kernel above is faster
+constexpr int64_t kPanelRows = 6;      // activation rows per register block
+constexpr int64_t kPanelK = 128;       // input columns per panel: 128 x 32 floats = 16 KB
+
+bool panel_applies(const GemmProblem& p) { return p.M >= kPanelMinRows && lut_applies(p); }
+
+// panel[k - k0][16 * b + i] = t(row n0 + 16 b + i, k) * scale, for k in [k0, k1) and NB blocks of 16 rows
+template <int NB>
+BITCONV_AVX512 void decode_panel(const GemmProblem& p, const uint32_t* const* words, int64_t n0, int64_t k0,
+                                 int64_t k1, float* panel) {
+  const __m512 table = _mm512_setr_ps(-2, -1, 0, 1, -2, -1, 0, 1, -2, -1, 0, 1, -2, -1, 0, 1);
+  const __m512i rows16 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const int64_t k16_end = std::min(k1, p.K / 16 * 16);  // interleaved words cover whole runs of 16 columns
+  for (int b = 0; b < NB; ++b) {
+    const int64_t nb = n0 + 16 * b;
+    int64_t group = -1;
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t k = k0; k < k16_end; k += 16) {
+      const int64_t g = p.scale_kind == ScaleKind::kGroup ? k / p.group_size : 0;  // groups hold whole runs
+      if (g != group) {
+        group = g;
+        switch (p.scale_kind) {
+          case ScaleKind::kTensor: s = _mm512_set1_ps(p.scale[0]); break;
+          case ScaleKind::kChannel: s = _mm512_loadu_ps(p.scale + nb); break;
+          default:
+            s = _mm512_i32gather_ps(_mm512_mullo_epi32(rows16, _mm512_set1_epi32(static_cast<int>(p.n_groups))),
+                                    p.scale + nb * p.n_groups + g, 4);
+        }
+      }
+      const __m512i w = _mm512_loadu_si512(words[b] + k);  // (k / 16) * 16 words: this run's 16 rows
+      float* dst = panel + (k - k0) * 16 * NB + 16 * b;
+      for (int c = 0; c < 16; ++c) {
+        const __m512 t = _mm512_permutexvar_ps(_mm512_srli_epi32(w, 2 * c), table);
+        _mm512_storeu_ps(dst + c * 16 * NB, _mm512_mul_ps(t, s));
+      }
+    }
+    for (int64_t k = k16_end; k < k1; ++k)  // K's last columns off a 16-column boundary
+      for (int i = 0; i < 16; ++i) {
+        const int64_t n = nb + i;
+        const float t = static_cast<float>(code_at(p.codes + n * p.row_bytes, k) - 2);
+        panel[(k - k0) * 16 * NB + 16 * b + i] = t * scale_at(p, n, k / p.group_size);
+      }
+  }
+}
+
+// Y[m0 .. m0+MR, n0 .. n0+16 NB) += A[m0 .. m0+MR, k0 .. k1) x panel (or = when `first`)
+template <int MR, int NB>
+BITCONV_AVX512 void panel_multiply(const GemmProblem& p, const float* panel, int64_t m0, int64_t n0, int64_t k0,
+                                   int64_t k1, bool first) {
+  __m512 acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int b = 0; b < NB; ++b)
+      acc[r][b] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(p.y + (m0 + r) * p.N + n0 + 16 * b);
+  const float* a = p.a + m0 * p.K;
+  for (int64_t k = k0; k < k1; ++k) {
+    __m512 w[NB];
+    for (int b = 0; b < NB; ++b) w[b] = _mm512_loadu_ps(panel + (k - k0) * 16 * NB + 16 * b);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 x = _mm512_set1_ps(a[r * p.K + k]);
+      for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_fmadd_ps(x, w[b], acc[r][b]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int b = 0; b < NB; ++b) _mm512_storeu_ps(p.y + (m0 + r) * p.N + n0 + 16 * b, acc[r][b]);
+}
+
+template <int NB>
+BITCONV_AVX512 void panel_rows(const GemmProblem& p, const float* panel, int64_t n0, int64_t k0, int64_t k1) {
+  const bool first = k0 == 0;
+  int64_t m = 0;
+  for (; m + kPanelRows <= p.M; m += kPanelRows) panel_multiply<kPanelRows, NB>(p, panel, m, n0, k0, k1, first);
+  switch (p.M - m) {
+    case 5: panel_multiply<5, NB>(p, panel, m, n0, k0, k1, first); break;
+    case 4: panel_multiply<4, NB>(p, panel, m, n0, k0, k1, first); break;
+    case 3: panel_multiply<3, NB>(p, panel, m, n0, k0, k1, first); break;
+    case 2: panel_multiply<2, NB>(p, panel, m, n0, k0, k1, first); break;
+    case 1: panel_multiply<1, NB>(p, panel, m, n0, k0, k1, first); break;
+    default: break;
+  }
+}
+
+// Row blocks [n0, n1) (multiples of 16), every activation row: two blocks (32 columns) per panel where possible.
+BITCONV_AVX512 void panel_columns(const GemmProblem& p, const uint32_t* const* words, int64_t n0, int64_t n1) {
+  alignas(64) float panel[kPanelK * 32];
+  for (int64_t n = n0; n < n1;) {
+    const uint32_t* const* w = words + (n - n0) / 16;
+    const bool two = n + 32 <= n1;
+    for (int64_t k = 0; k < p.K; k += kPanelK) {
+      const int64_t k_end = std::min(p.K, k + kPanelK);
+      if (two) {
+        decode_panel<2>(p, w, n, k, k_end, panel);
+        panel_rows<2>(p, panel, n, k, k_end);
+      } else {
+        decode_panel<1>(p, w, n, k, k_end, panel);
+        panel_rows<1>(p, panel, n, k, k_end);
+      }
+    }
+    n += two ? 32 : 16;
+  }
+}
+
 BITCONV_AVX512 void gemm_float(const GemmProblem& p, int64_t n0, int64_t n1) {
-  if (!p.a_tables || !lut_applies(p)) {
+  const bool panels = panel_applies(p);
+  if (!panels && (!p.a_tables || !lut_applies(p))) {
     gemm_float_decode(p, n0, n1);
     return;
   }
@@ -236,7 +350,12 @@ BITCONV_AVX512 void gemm_float(const GemmProblem& p, int64_t n0, int64_t n1) {
       words.push_back(dst);
     }
   }
-  if (blocks_end > n) lut_columns(p, words.data(), n, blocks_end);
+  if (blocks_end > n) {
+    if (panels)
+      panel_columns(p, words.data(), n, blocks_end);
+    else
+      lut_columns(p, words.data(), n, blocks_end);
+  }
   if (blocks_end < n1) gemm_float_decode(p, blocks_end, n1);
 }
 
