@@ -13,11 +13,11 @@ from bitconv.errors import BitconvError
 class OnnxDecoder:
     """An exported decoder (.onnx with past_key_values inputs) in an ONNX Runtime session, one step at a time."""
 
-    def __init__(self, onnx_path: str | Path, threads: int | None = None):
+    def __init__(self, onnx_path: str | Path, threads: int | None = None, spin: bool | None = None):
         from bitconv import ort as bort
 
         self.path = Path(onnx_path)
-        self.session = bort.session(self.path, threads=threads)
+        self.session = bort.session(self.path, threads=threads, spin=spin)
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("bitconv.kind") != "decoder":
             raise BitconvError(f"{self.path}: not a decoder exported by `bitconv export` (no key/value cache inputs); "

@@ -4,7 +4,8 @@ vs the float32 ONNX export of the same converted model, with the key/value cache
     PYTHONPATH=$PWD python docs/benchmarks/bench_decode.py [--new-tokens 32] [--repeats 5] [--threads 1 2]
 
 Prints a Markdown table (medians of --repeats runs of greedy decoding; ratios within the same run) and the .onnx
-sizes against the float16 size of the model (every parameter once, 2 bytes).
+sizes against the float16 size of the model (every parameter once, 2 bytes). Above 1 thread both models run with
+the intra-op pool's idle workers busy-waiting (`spin`, ONNX Runtime's default) and sleeping (`no-spin`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 
-def decode_tokens_per_s(path: Path, threads: int, prompt: list[int], new_tokens: int, repeats: int) -> float:
+def decode_tokens_per_s(path: Path, threads: int, spin: bool | None, prompt: list[int], new_tokens: int,
+                        repeats: int) -> float:
     from bitconv.onnx_generate import OnnxDecoder
 
-    decoder = OnnxDecoder(path, threads=threads)
+    decoder = OnnxDecoder(path, threads=threads, spin=spin)
     decoder.greedy(prompt, 2)  # warm-up: first-run allocations
     rates = []
     for _ in range(repeats):
@@ -63,10 +65,14 @@ def main() -> None:
               f"median of {args.repeats}")
         print("| threads | float32 ONNX tok/s | ternary op ONNX tok/s | op / float32 |")
         print("|---|---|---|---|")
+        pools = []
         for threads in args.threads:
-            rate_float = decode_tokens_per_s(flt.path, threads, prompt, args.new_tokens, args.repeats)
-            rate_op = decode_tokens_per_s(op.path, threads, prompt, args.new_tokens, args.repeats)
-            print(f"| {threads} | {rate_float:.1f} | {rate_op:.1f} | {rate_op / rate_float:.2f}x |")
+            pools += [("1", 1, None)] if threads == 1 else [(f"{threads} spin", threads, True),
+                                                            (f"{threads} no-spin", threads, False)]
+        for label, threads, spin in pools:
+            rate_float = decode_tokens_per_s(flt.path, threads, spin, prompt, args.new_tokens, args.repeats)
+            rate_op = decode_tokens_per_s(op.path, threads, spin, prompt, args.new_tokens, args.repeats)
+            print(f"| {label} | {rate_float:.1f} | {rate_op:.1f} | {rate_op / rate_float:.2f}x |")
         print()
         print("| file | bytes | vs fp16 model |")
         print("|---|---|---|")

@@ -104,7 +104,10 @@ bool lut_applies(const GemmProblem& p) {
 }
 
 // one table of 16 floats per pair of input columns, for each activation row: [M][K / 16][8][16]
-bool panel_applies(const GemmProblem& p);
+// From this many activation rows the float path multiplies decoded weight panels instead (further below)
+constexpr int64_t kPanelMinRows = 16;
+bool panel_applies(const GemmProblem& p) { return p.M >= kPanelMinRows && lut_applies(p); }
+
 int64_t lut_workspace(const GemmProblem& p) {
   return lut_applies(p) && !panel_applies(p) ? p.M * (p.K / 16) * 8 * 16 : 0;
 }
@@ -222,11 +225,8 @@ BITCONV_AVX512 void lut_columns(const GemmProblem& p, const uint32_t* const* wor
 // code words decode straight into that layout: a shift puts code k of 16 rows in the low bits of 16 lanes, and a
 // permute against the trit table turns them into floats. The scale is folded into the panel, so every granularity
 // takes the same path.
-constexpr int64_t kPanelMinRows = 16;  // fewer rows: the lookup kernel above is faster
-constexpr int64_t kPanelRows = 6;      // activation rows per register block
-constexpr int64_t kPanelK = 128;       // input columns per panel: 128 x 32 floats = 16 KB
-
-bool panel_applies(const GemmProblem& p) { return p.M >= kPanelMinRows && lut_applies(p); }
+constexpr int64_t kPanelRows = 6;  // activation rows per register block
+constexpr int64_t kPanelK = 128;   // input columns per panel: 128 x 32 floats = 16 KB
 
 // panel[k - k0][16 * b + i] = t(row n0 + 16 b + i, k) * scale, for k in [k0, k1) and NB blocks of 16 rows
 template <int NB>
