@@ -82,7 +82,7 @@ def compare(source: str, out: str | Path, bits: list[float] | str = "16,8,4,2,1.
     """
     from bitconv.converter import convert
     from bitconv.cost import quantization_errors
-    from bitconv.eval_data import read_examples, text_slice
+    from bitconv.data_files import read_examples, text_slice
     from bitconv.source import open_source
 
     bits_list = parse_bits_list(bits) if isinstance(bits, str) else [parse_bits(b) for b in bits]

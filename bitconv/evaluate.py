@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from bitconv.backends import CAUSAL_LM, SEQUENCE_CLASSIFICATION, Backend
 from bitconv.errors import BitconvError
-from bitconv.eval_data import Examples, TextSlice, label_ids
+from bitconv.data_files import Examples, TextSlice, label_ids
 from bitconv.progress import task_progress
 
 LN2 = math.log(2.0)
@@ -324,7 +324,7 @@ def evaluate_model(model: str, task: str, data: str, *, name: str | None = None,
     caller that already opened the model (compare, benchmarks) reuse it.
     """
     from bitconv.backends import open_backend
-    from bitconv.eval_data import parse_label_map, read_examples, text_slice
+    from bitconv.data_files import parse_label_map, read_examples, text_slice
     from bitconv.results import new_result
 
     start = time.perf_counter()

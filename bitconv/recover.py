@@ -13,7 +13,6 @@ records the recipe and the metrics before training, after training and after con
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -28,12 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitconv import qat
+from bitconv.data_files import Examples
 from bitconv.errors import BitconvError
 from bitconv.format import write_json_atomic
 from bitconv.schemes import BITS_TO_SCHEME, QuantConfig, parse_bits, parse_granularity
-from bitconv.training_data import (
-    LabelledTexts, label_ids, label_names, read_labelled_tsv, read_text, token_blocks,
-)
+from bitconv.training_data import class_ids, label_names, read_labelled, read_training_text, token_blocks
 
 TASKS = ("classify", "lm")
 CHECKPOINT_VERSION = 1
@@ -290,24 +288,27 @@ class ClassifyData:
     eval_ids: list[list[int]]
     eval_y: torch.Tensor
     positive: str | None  # the label whose F1 is reported (the minority of a two-label task)
+    train_sha256: str
+    eval_sha256: str
 
 
 def prepare_classify(train: Path, eval_path: Path | None, tok, cfg: RecoverConfig) -> ClassifyData:
-    tr = read_labelled_tsv(train, cfg.text_column, cfg.label_column)
+    tr = read_labelled(train, cfg.text_column, cfg.label_column)
     labels = label_names(tr)
     if eval_path is None:
         raise BitconvError("--task classify needs --eval FILE (held-out text<TAB>label rows) to measure accuracy")
-    ev = read_labelled_tsv(eval_path, cfg.text_column, cfg.label_column)
-    train_y, eval_y = label_ids(tr, labels), label_ids(ev, labels)
+    ev = read_labelled(eval_path, cfg.text_column, cfg.label_column)
+    train_y, eval_y = class_ids(tr, labels), class_ids(ev, labels)
 
-    def encode(data: LabelledTexts) -> list[list[int]]:
+    def encode(data: Examples) -> list[list[int]]:
         return tok(data.texts, truncation=True, max_length=cfg.max_length)["input_ids"]
 
     positive = None
     if len(labels) == 2:
         counts = [train_y.count(0), train_y.count(1)]
         positive = labels[1] if counts[1] <= counts[0] else labels[0]
-    return ClassifyData(labels, encode(tr), torch.tensor(train_y), encode(ev), torch.tensor(eval_y), positive)
+    return ClassifyData(labels, encode(tr), torch.tensor(train_y), encode(ev), torch.tensor(eval_y), positive,
+                        tr.file_sha256, ev.file_sha256)
 
 
 def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,6 +327,8 @@ class LMData:
     eval_blocks: torch.Tensor
     n_train_tokens: int
     n_eval_tokens: int
+    train_sha256: str
+    eval_sha256: str | None  # None: held out from the training text
 
 
 def _tokenize_long(tok, text: str) -> list[int]:
@@ -337,9 +340,12 @@ def _tokenize_long(tok, text: str) -> list[int]:
 
 
 def prepare_lm(train: Path, eval_path: Path | None, tok, cfg: RecoverConfig) -> LMData:
-    ids = _tokenize_long(tok, read_text(train))
+    text, train_sha = read_training_text(train)
+    ids = _tokenize_long(tok, text)
+    eval_sha = None
     if eval_path is not None:
-        train_ids, eval_ids = ids, _tokenize_long(tok, read_text(eval_path))
+        eval_text, eval_sha = read_training_text(eval_path)
+        train_ids, eval_ids = ids, _tokenize_long(tok, eval_text)
         eval_src = Path(eval_path)
     else:
         if not 0 < cfg.eval_fraction < 1:
@@ -350,7 +356,7 @@ def prepare_lm(train: Path, eval_path: Path | None, tok, cfg: RecoverConfig) -> 
     train_blocks = token_blocks(train_ids, cfg.seq_len, Path(train))
     eval_blocks = token_blocks(eval_ids, cfg.seq_len, eval_src)
     eval_blocks = eval_blocks[: max(1, cfg.eval_tokens // cfg.seq_len)]
-    return LMData(train_blocks, eval_blocks, len(train_ids), eval_blocks.numel())
+    return LMData(train_blocks, eval_blocks, len(train_ids), eval_blocks.numel(), train_sha, eval_sha)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -459,19 +465,10 @@ def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
 # checkpoints
 
 
-def _file_digest(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fingerprint(cfg: RecoverConfig, source: str, train: Path, eval_path: Path | None, world: int) -> dict:
-    return {"config": cfg.to_dict(), "source": str(source), "train": _file_digest(train),
-            "eval": _file_digest(eval_path), "world_size": world, "checkpoint_version": CHECKPOINT_VERSION}
+def fingerprint(cfg: RecoverConfig, source: str, data: ClassifyData | LMData, world: int) -> dict:
+    """What a checkpoint is resumed under: the options, the source, the data files' SHA-256 and the world size."""
+    return {"config": cfg.to_dict(), "source": str(source), "train": data.train_sha256, "eval": data.eval_sha256,
+            "world_size": world, "checkpoint_version": CHECKPOINT_VERSION}
 
 
 def _differences(a: dict, b: dict) -> list[str]:
@@ -767,7 +764,7 @@ def _recover(source: str, out: Path, train_path: Path, eval_path: Path | None, c
         data = prepare_lm(train_path, eval_path, tok, cfg)
         labels, n_items = None, data.train_blocks.shape[0]
         evaluate = lambda m: evaluate_lm(m, data, rt.device)  # noqa: E731
-    fp = fingerprint(cfg, source, train_path, eval_path, rt.world)
+    fp = fingerprint(cfg, source, data, rt.world)
     resume_state = load_checkpoint(ckpt, fp) if resume and ckpt.exists() else None
     if rt.main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ import torch
 
 import bitconv
 from bitconv.backends import CAUSAL_LM, Backend, open_backend
+from bitconv.data_files import read_examples, text_slice
 from bitconv.errors import BitconvError
-from bitconv.eval_data import label_ids, read_examples, text_slice
 from bitconv.evaluate import (
     classification_metrics, classify, evaluate_model, perplexity, sliding_windows, tokenize_text, zero_shot,
 )
@@ -102,14 +102,6 @@ def test_batched_windows_give_the_same_perplexity(llama, text_file):
     one = perplexity(backend, text_slice(text_file), context=32, max_tokens=300, progress=False)
     four = perplexity(backend, text_slice(text_file), context=32, max_tokens=300, batch_size=4, progress=False)
     assert four["perplexity"] == pytest.approx(one["perplexity"], rel=1e-5)
-
-
-def test_held_out_slice_starts_on_a_line_and_is_the_tail(text_file):
-    s = text_slice(text_file, start_fraction=0.9)
-    assert TEXT[s.start_char - 1] == "\n" and s.start_char >= int(0.9 * len(TEXT))
-    assert s.text == TEXT[s.start_char:] and s.end_char == len(TEXT)
-    with pytest.raises(BitconvError, match="start < end"):
-        text_slice(text_file, start_fraction=0.5, end_fraction=0.5)
 
 
 def test_max_tokens_keeps_a_stable_prefix():
@@ -254,27 +246,6 @@ def test_classify_pads_gpt2_style_models_that_have_no_pad_token(tmp_path):
         want = [model(torch.tensor([[ord(c) for c in x]])).logits.argmax(-1).item() for x, _ in rows]
     expected = classification_metrics([0 if y == "ham" else 1 for _, y in rows], want, {0: "ham", 1: "spam"})
     assert got["confusion_matrix"] == expected["confusion_matrix"]
-
-
-def test_tables_with_named_or_numbered_columns(tmp_path):
-    sst = _tsv(tmp_path / "sst.tsv", [('a "quoted" film', 1), ("dull", 0)])
-    ex = read_examples(sst)
-    assert ex.texts == ['a "quoted" film', "dull"] and ex.labels == ["1", "0"] and ex.header
-    sms = tmp_path / "sms.tsv"
-    sms.write_text("ham\thello there\nspam\tWIN NOW\n")
-    ex = read_examples(sms, text_column="1", label_column="0")
-    assert ex.texts == ["hello there", "WIN NOW"] and ex.labels == ["ham", "spam"] and not ex.header
-    csv_file = tmp_path / "d.csv"
-    csv_file.write_text('text,label\n"hello, world",pos\nbye,neg\n')
-    assert read_examples(csv_file, text_column="text").texts == ["hello, world", "bye"]
-
-
-def test_label_mapping_by_name_number_and_explicit_map():
-    id2label = {0: "ham", 1: "spam"}
-    assert label_ids(["spam", "HAM", "1", "0"], id2label, None, "f") == [1, 0, 1, 0]
-    assert label_ids(["yes", "no"], id2label, {"yes": 1, "no": 0}, "f") == [1, 0]
-    with pytest.raises(BitconvError, match="label 'maybe' \\(example 2\\) is not in the model's label map"):
-        label_ids(["spam", "maybe"], id2label, None, "f")
 
 
 def test_zero_shot_picks_the_most_likely_label_word(llama, tmp_path):

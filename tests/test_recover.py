@@ -202,7 +202,7 @@ def test_bad_inputs_fail_in_one_line(bert_dir, sentiment, tmp_path):
         _classify(bert_dir, (bad, sentiment[1]), tmp_path / "o1")
     other = tmp_path / "other.tsv"
     other.write_text("sentence\tlabel\nthe movie was good\tpositive\n")
-    with pytest.raises(BitconvError, match=r"other.tsv: label 'positive' \(row 1\) is not among the training file's labels \(0, 1\)"):
+    with pytest.raises(BitconvError, match=r"other.tsv: label 'positive' \(example 1\) is not in the training file's labels \(0, 1\)"):
         _classify(bert_dir, (sentiment[0], other), tmp_path / "o2")
     with pytest.raises(BitconvError, match="recover trains 1.58, 1, 2, 4 or 8 bits"):
         R.RecoverConfig(bits=16)

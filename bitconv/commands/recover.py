@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     def recover_command(
         source: Annotated[str, typer.Argument(help="Model folder, .gguf file or Hub id (full precision).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output bitconv folder.")],
-        train: Annotated[Path, typer.Option(help="Training data: TSV text<TAB>label (classify) or a text file (lm).")],
+        train: Annotated[Path, typer.Option(help="Training data: TSV/CSV of text and label (classify) or a text file (lm).")],
         task: Annotated[str, typer.Option(help="classify (adds a classifier head where needed) or lm.")] = "classify",
         eval: Annotated[Optional[Path], typer.Option(help="Held-out data (same format); lm default: the tail of --train.")] = None,
         bits: Annotated[str, typer.Option(help="Target width: 1.58 (ternary), 1, 2, 4 or 8.")] = "1.58",

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bitconv.backends import open_backend  # noqa: E402
-from bitconv.eval_data import text_slice  # noqa: E402
+from bitconv.data_files import text_slice  # noqa: E402
 from bitconv.evaluate import perplexity, sliding_windows, tokenize_text  # noqa: E402
 
 
