@@ -143,13 +143,15 @@ def test_single_row_gemv_large(isa):
     _check(rng, M=1, N=256, K=512, granularity="group:64", act_quant=True)
 
 
+@pytest.mark.parametrize("act_quant", [False, True])
 @pytest.mark.parametrize("M", [1, 2, 3, 6])
-@pytest.mark.parametrize("granularity", ["tensor", "channel", "group:32", "group:1024"])
-def test_long_rows_cross_several_table_passes(isa, M, granularity):
-    # the AVX-512 float kernel walks K in passes sized to the L1 cache (fewer columns for more activation rows):
-    # K = 1100 crosses several pass boundaries and ends off a 16-column boundary
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group:32", "group:320", "group:1024"])
+def test_long_rows(isa, M, granularity, act_quant):
+    # K = 1100 crosses several of the AVX-512 float kernel's L1-sized passes (fewer columns for more activation
+    # rows) and ends off a 16-column boundary; the int8 kernels take each group in 256-wide chunks, then 64-wide
+    # ones, then a scalar tail (group:320 = one of each)
     rng = np.random.default_rng(40 + M)
-    _check(rng, M=M, N=48, K=1100, granularity=granularity)
+    _check(rng, M=M, N=48, K=1100, granularity=granularity, act_quant=act_quant)
 
 
 @pytest.mark.parametrize("M", [16, 23])

@@ -70,6 +70,8 @@ inline int64_t chunked_length(int64_t g0, int64_t g1, int64_t chunk) {
   if (chunk == 0 || (g0 & 3) != 0) return 0;
   return ((g1 - g0) / chunk) * chunk;
 }
+// Of that part, the leading run a kernel set processes in wider chunks of `wide` (a multiple of `chunk`; 0: none).
+inline int64_t wide_length(int64_t chunked, int64_t wide) { return wide ? chunked / wide * wide : 0; }
 
 // Column-interleaved codes for kernels that read 16 output rows at once: for each block of 16 rows and each run of
 // 16 input columns, the 16 rows' 32-bit code words (16 codes each) side by side. Covers floor(N / 16) row blocks
@@ -129,6 +131,7 @@ struct KernelSet {
   int64_t int8_chunk;  // how q must be permuted for gemm_int8 (0: natural order)
   WorkspaceFn float_workspace = nullptr;
   PrepareFn prepare_float = nullptr;
+  int64_t int8_wide_chunk = 0;  // the leading wide_length() of each group is permuted in chunks of this width
 };
 
 KernelSet scalar_kernels();

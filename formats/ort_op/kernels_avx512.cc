@@ -359,7 +359,10 @@ BITCONV_AVX512 void gemm_float(const GemmProblem& p, int64_t n0, int64_t n1) {
   if (blocks_end < n1) gemm_float_decode(p, blocks_end, n1);
 }
 
+// The activations are permuted so that one load of code bytes serves a whole chunk: groups run in chunks of 256
+// (one 64-byte load of codes, four shifts) and then of 64 (a 16-byte load broadcast to the four 128-bit lanes).
 constexpr int64_t kChunk = 64;
+constexpr int64_t kWideChunk = 256;
 
 template <int MB>
 BITCONV_AVX512 void gemm_int8_block(const GemmProblem& p, int64_t m0, int64_t n0, int64_t n1) {
@@ -372,10 +375,20 @@ BITCONV_AVX512 void gemm_int8_block(const GemmProblem& p, int64_t m0, int64_t n0
     float y[MB] = {};
     for (int64_t g = 0, g0 = 0; g0 < p.K; ++g, g0 += p.group_size) {
       const int64_t g1 = g0 + p.group_size < p.K ? g0 + p.group_size : p.K;
-      const int64_t chunked_end = g0 + chunked_length(g0, g1, kChunk);
+      const int64_t chunked = chunked_length(g0, g1, kChunk);
+      const int64_t chunked_end = g0 + chunked, wide_end = g0 + wide_length(chunked, kWideChunk);
       __m512i acc[MB][2];
       for (int r = 0; r < MB; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
       int64_t k = g0;
+      for (; k < wide_end; k += kWideChunk) {
+        // 256 codes in one load: shifting by 2s and masking leaves, in byte b, the code of k + 4b + s
+        const __m512i w = _mm512_loadu_si512(row + (k >> 2));
+        for (int s = 0; s < 4; ++s) {
+          const __m512i c = _mm512_and_si512(s ? _mm512_srli_epi64(w, 2 * s) : w, low2);
+          for (int r = 0; r < MB; ++r)
+            acc[r][s & 1] = _mm512_dpbusd_epi32(acc[r][s & 1], c, _mm512_loadu_si512(q[r] + k + 64 * s));
+        }
+      }
       for (; k + 2 * kChunk <= chunked_end; k += 2 * kChunk) {
         for (int u = 0; u < 2; ++u) {
           const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + ((k + u * kChunk) >> 2)));
@@ -409,7 +422,9 @@ BITCONV_AVX512 void gemm_int8(const GemmProblem& p, int64_t n0, int64_t n1) {
 
 }  // namespace
 
-KernelSet avx512_kernels() { return {"avx512", gemm_float, gemm_int8, kChunk, lut_workspace, lut_prepare}; }
+KernelSet avx512_kernels() {
+  return {"avx512", gemm_float, gemm_int8, kChunk, lut_workspace, lut_prepare, kWideChunk};
+}
 
 }  // namespace bitconv
 

@@ -274,20 +274,25 @@ void quantize_rows(const float* a, int64_t M, int64_t K, int8_t* q, float* row_s
 // position L * (chunk / 4) + b holds value 4b + L (the order in which the kernels unpack the 2-bit codes); the rest
 // of the group stays in natural order. Also returns the sum of q over each group's chunked part.
 void layout_int8_rows(const int8_t* q, int64_t M, int64_t K, int64_t group_size, int64_t n_groups, int64_t chunk,
-                      int8_t* out, int32_t* chunk_sum) {
+                      int64_t wide, int8_t* out, int32_t* chunk_sum) {
   std::memcpy(out, q, static_cast<size_t>(M * K));
+  // within a chunk of width c, the codes of byte b are activations 4b .. 4b+3: lane L holds activation 4b + L at b
+  auto permute = [](const int8_t* src, int8_t* dst, int64_t c) {
+    for (int64_t lane = 0; lane < 4; ++lane)
+      for (int64_t b = 0; b < c / 4; ++b) dst[lane * (c / 4) + b] = src[4 * b + lane];
+  };
   for (int64_t m = 0; m < M; ++m) {
     const int8_t* src = q + m * K;
     int8_t* dst = out + m * K;
     for (int64_t g = 0, g0 = 0; g < n_groups; ++g, g0 += group_size) {
       const int64_t g1 = std::min(K, g0 + group_size);
       const int64_t len = chunked_length(g0, g1, chunk);
+      const int64_t wide_end = g0 + wide_length(len, wide);
       int32_t sum = 0;
       for (int64_t k = g0; k < g0 + len; ++k) sum += src[k];
       chunk_sum[m * n_groups + g] = sum;
-      for (int64_t c0 = g0; c0 < g0 + len; c0 += chunk)
-        for (int64_t lane = 0; lane < 4; ++lane)
-          for (int64_t b = 0; b < chunk / 4; ++b) dst[c0 + lane * (chunk / 4) + b] = src[c0 + 4 * b + lane];
+      for (int64_t c0 = g0; c0 < wide_end; c0 += wide) permute(src + c0, dst + c0, wide);
+      for (int64_t c0 = wide_end; c0 < g0 + len; c0 += chunk) permute(src + c0, dst + c0, chunk);
     }
   }
 }
@@ -450,8 +455,8 @@ OrtStatus* TernaryMatMulKernel::compute(OrtKernelContext* ctx) {
     quantize_rows(p.a, M, K, q_natural.data(), q_row_scale.data());
     q_layout.resize(q_natural.size());
     q_chunk_sum.assign(static_cast<size_t>(M * p.n_groups), 0);
-    layout_int8_rows(q_natural.data(), M, K, p.group_size, p.n_groups, kernels.int8_chunk, q_layout.data(),
-                     q_chunk_sum.data());
+    layout_int8_rows(q_natural.data(), M, K, p.group_size, p.n_groups, kernels.int8_chunk, kernels.int8_wide_chunk,
+                     q_layout.data(), q_chunk_sum.data());
     p.q = q_layout.data();
     p.q_chunk_sum = q_chunk_sum.data();
     p.q_row_scale = q_row_scale.data();
