@@ -17,6 +17,7 @@ from bitconv.errors import BitconvError
 
 OP_DOMAIN = "bitconv"
 OP_TYPE = "TernaryMatMul"
+HALF_OP_TYPE = "HalfMatMul"
 OP_DOMAIN_VERSION = 1
 PACKING_CODES = {"2bit": 0, "base3": 1}  # the op's `packing` attribute
 _LIBRARY_BASENAME = "_ternary_ops"
@@ -129,3 +130,31 @@ def ternary_matmul_model(K: int, N: int, initializers: dict[str, np.ndarray], *,
                                                     helper.make_opsetid(OP_DOMAIN, OP_DOMAIN_VERSION)])
     model.ir_version = min(model.ir_version, 9)  # readable by every onnxruntime this project supports
     return model.SerializeToString()
+
+
+def half_matmul_model(w16: np.ndarray, *, a_shape: Sequence[int | str] | None = None, opset: int = 17) -> bytes:
+    """A one-node model Y = HalfMatMul(A, W), serialized: W is `w16` [N, K] (float16, stored as given).
+
+    HalfMatMul multiplies float32 activations by a float16 matrix without widening it to float32 in memory (the
+    exporter uses it for float16 embeddings / lm_head). The graph input is "A" with shape `a_shape` (default
+    ["M", K]), the output "Y".
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    w16 = np.asarray(w16)
+    if w16.ndim != 2:
+        raise BitconvError(f"HalfMatMul's weight must be a matrix [N, K], got shape {list(w16.shape)}")
+    N, K = (int(d) for d in w16.shape)
+    a_shape = list(a_shape) if a_shape is not None else ["M", K]
+    node = helper.make_node(HALF_OP_TYPE, ["A", "W"], ["Y"], domain=OP_DOMAIN, name="half_matmul")
+    graph = helper.make_graph(
+        [node], "half_matmul",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, list(a_shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, list(a_shape[:-1]) + [N])],
+        initializer=[numpy_helper.from_array(w16, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid(OP_DOMAIN, OP_DOMAIN_VERSION)])
+    model.ir_version = min(model.ir_version, 9)
+    return model.SerializeToString()
+

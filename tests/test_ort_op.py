@@ -434,3 +434,47 @@ def test_golden_vectors(tmp_path):
                                    err_msg=name)
         checked += 1
     assert checked >= 5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HalfMatMul: float16 weights used as stored
+
+
+def _half_weight(rng, n, k):
+    w16 = (rng.standard_normal((n, k)) * 0.05).astype(np.float16)
+    w16.flat[:3] = [np.float16(6.0e-8), np.float16(-65504.0), np.float16(0.0)]  # subnormal, extreme, zero
+    return w16
+
+
+@pytest.mark.parametrize("shape, n", [((1, 768), 50), ((5, 33), 7), ((2, 3, 100), 300), ((17, 16), 513)])
+def test_half_matmul_matches_float32_product(isa, shape, n):
+    rng = np.random.default_rng(sum(shape) + n)
+    w16 = _half_weight(rng, n, shape[-1])
+    a = rng.standard_normal(shape).astype(np.float32)
+    y = _run(bort.half_matmul_model(w16, a_shape=[f"d{i}" for i in range(len(shape) - 1)] + [shape[-1]]), a)
+    ref = (a.astype(np.float64) @ w16.astype(np.float64).T)
+    assert y.shape == shape[:-1] + (n,) and y.dtype == np.float32
+    # the conversion is exact; only the float32 summation order differs
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(a).sum(-1, keepdims=True).max() * 65504)
+
+
+def test_half_matmul_two_threads_give_the_same_result():
+    rng = np.random.default_rng(5)
+    w16 = _half_weight(rng, 1000, 64)
+    a = rng.standard_normal((3, 64)).astype(np.float32)
+    model = bort.half_matmul_model(w16)
+    np.testing.assert_array_equal(_run(model, a, threads=1), _run(model, a, threads=2))
+
+
+def test_half_matmul_errors():
+    rng = np.random.default_rng(6)
+    w16 = _half_weight(rng, 8, 32)
+    free = ["M", "K"]  # symbolic, so that ONNX Runtime's own shape check lets the op see the mismatch
+    _expect_error(r"HalfMatMul node .*'A' has last dimension 31.*K=32", bort.half_matmul_model(w16, a_shape=free),
+                  np.zeros((2, 31), np.float32))
+    _expect_error(r"HalfMatMul node .*zero rows", bort.half_matmul_model(w16, a_shape=free),
+                  np.zeros((0, 32), np.float32))
+    # the declared input types let ONNX Runtime refuse a float32 W when the session is created
+    _expect_error(r"input parameter \(W\) of operator \(HalfMatMul\)",
+                  bort.half_matmul_model(w16.astype(np.float32)), np.zeros((2, 32), np.float32))
+

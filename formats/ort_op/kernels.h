@@ -11,9 +11,11 @@
 #ifndef BITCONV_ORT_OP_KERNELS_H_
 #define BITCONV_ORT_OP_KERNELS_H_
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <new>
 
@@ -42,6 +44,30 @@ struct GemmProblem {
   const uint32_t* interleaved = nullptr;
   float* y = nullptr;                    // [M, N]
 };
+
+// IEEE binary16 bits -> float, exact (every half is a float).
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1f;
+  const uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: exact as a float
+      const float v = std::ldexp(static_cast<float>(mant), -24);
+      std::memcpy(&bits, &v, 4);
+      bits |= sign;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
 
 inline float scale_at(const GemmProblem& p, int64_t n, int64_t g) {
   switch (p.scale_kind) {
@@ -119,6 +145,16 @@ class AlignedArray {
 // Per kernel set: columns [n0, n1) of Y for every row.
 using GemmFn = void (*)(const GemmProblem& p, int64_t n0, int64_t n1);
 
+// HalfMatMul: Y[m, n] = sum_k A[m, k] * W[n, k] with W in IEEE float16 (kept as stored: half the bytes of float32
+// for the float16 embeddings / lm_head of a packed model), float32 accumulation. Columns [n0, n1), every row.
+struct HalfProblem {
+  int64_t M = 0, N = 0, K = 0;
+  const float* a = nullptr;     // [M, K]
+  const uint16_t* w = nullptr;  // [N, K], float16 bits
+  float* y = nullptr;           // [M, N]
+};
+using HalfGemmFn = void (*)(const HalfProblem& p, int64_t n0, int64_t n1);
+
 // Optional once-per-call preparation of the float activations (shared by all thread-pool tasks): the number of
 // floats of workspace it needs (0: none) and the function that fills it.
 using WorkspaceFn = int64_t (*)(const GemmProblem& p);
@@ -132,6 +168,7 @@ struct KernelSet {
   WorkspaceFn float_workspace = nullptr;
   PrepareFn prepare_float = nullptr;
   int64_t int8_wide_chunk = 0;  // the leading wide_length() of each group is permuted in chunks of this width
+  HalfGemmFn gemm_half = nullptr;
 };
 
 KernelSet scalar_kernels();

@@ -137,9 +137,49 @@ BITCONV_AVX2 void gemm_int8(const GemmProblem& p, int64_t n0, int64_t n1) {
   for (; m < p.M; ++m) gemm_int8_block<1>(p, m, n0, n1);
 }
 
+// Float16 weights: 8 halves -> 8 floats per VCVTPH2PS (F16C), then FMA; MB activation rows share each conversion.
+#define BITCONV_AVX2_F16C __attribute__((target("avx2,fma,f16c")))
+
+template <int MB, int U>
+BITCONV_AVX2_F16C void half_rows(const HalfProblem& p, int64_t m0, int64_t n0, int64_t n1) {
+  const float* a[MB];
+  for (int r = 0; r < MB; ++r) a[r] = p.a + (m0 + r) * p.K;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint16_t* w = p.w + n * p.K;
+    __m256 acc[MB][U];
+    for (int r = 0; r < MB; ++r)
+      for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 * U <= p.K; k += 8 * U)
+      for (int u = 0; u < U; ++u) {
+        const __m256 wf = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k + 8 * u)));
+        for (int r = 0; r < MB; ++r) acc[r][u] = _mm256_fmadd_ps(_mm256_loadu_ps(a[r] + k + 8 * u), wf, acc[r][u]);
+      }
+    for (int r = 0; r < MB; ++r) {
+      __m256 sum = acc[r][0];
+      for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[r][u]);
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+      const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      float y = _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+      for (int64_t kk = k; kk < p.K; ++kk) y += a[r][kk] * half_to_float(w[kk]);
+      p.y[(m0 + r) * p.N + n] = y;
+    }
+  }
+}
+
+BITCONV_AVX2_F16C void gemm_half(const HalfProblem& p, int64_t n0, int64_t n1) {
+  int64_t m = 0;
+  for (; m + 4 <= p.M; m += 4) half_rows<4, 2>(p, m, n0, n1);
+  for (; m < p.M; ++m) half_rows<1, 4>(p, m, n0, n1);
+}
+
 }  // namespace
 
-KernelSet avx2_kernels() { return {"avx2", gemm_float, gemm_int8, kChunk}; }
+KernelSet avx2_kernels() {
+  KernelSet k{"avx2", gemm_float, gemm_int8, kChunk};
+  k.gemm_half = gemm_half;
+  return k;
+}
 
 }  // namespace bitconv
 

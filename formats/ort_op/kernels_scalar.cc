@@ -64,8 +64,31 @@ void gemm_int8(const GemmProblem& p, int64_t n0, int64_t n1) {
   }
 }
 
+void gemm_half(const HalfProblem& p, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint16_t* w = p.w + n * p.K;
+    for (int64_t m = 0; m < p.M; ++m) {
+      const float* a = p.a + m * p.K;
+      float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
+      int64_t k = 0;
+      for (; k + 4 <= p.K; k += 4) {
+        acc0 += a[k] * half_to_float(w[k]);
+        acc1 += a[k + 1] * half_to_float(w[k + 1]);
+        acc2 += a[k + 2] * half_to_float(w[k + 2]);
+        acc3 += a[k + 3] * half_to_float(w[k + 3]);
+      }
+      for (; k < p.K; ++k) acc0 += a[k] * half_to_float(w[k]);
+      p.y[m * p.N + n] = (acc0 + acc1) + (acc2 + acc3);
+    }
+  }
+}
+
 }  // namespace
 
-KernelSet scalar_kernels() { return {"scalar", gemm_float, gemm_int8, 0}; }
+KernelSet scalar_kernels() {
+  KernelSet k{"scalar", gemm_float, gemm_int8, 0};
+  k.gemm_half = gemm_half;
+  return k;
+}
 
 }  // namespace bitconv

@@ -2,28 +2,25 @@
 // the bitconv packed format stores a ternary weight (formats/SPEC.md). See formats/ort_op/README.md for the
 // contract (inputs, attributes, errors, threads).
 //
-// This file: registration, attribute and input validation, activation quantization, the base-3 -> 2-bit repack,
-// threading, outliers and bias. The arithmetic lives in kernels_*.cc.
+// This file: the op's description, attribute and input validation, activation quantization, the base-3 -> 2-bit
+// repack, threading, outliers and bias. The arithmetic lives in kernels_*.cc, registration in register.cc.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <new>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "kernels.h"
+#include "op_support.h"
 #include "ort_abi.h"
-
-#define BITCONV_EXPORT extern "C" __attribute__((visibility("default")))
 
 namespace bitconv {
 namespace {
 
-constexpr const char* kDomain = "bitconv";
 constexpr const char* kOpType = "TernaryMatMul";
 constexpr const char* kInputNames[] = {"A", "codes", "scale", "outlier_idx", "outlier_val", "bias"};
 constexpr size_t kNumInputs = 6;
@@ -31,137 +28,6 @@ constexpr size_t kFirstOptionalInput = 3;
 constexpr int64_t kColumnsPerTask = 64;  // output columns one thread-pool task computes
 
 enum Packing : int64_t { kPacking2Bit = 0, kPackingBase3 = 1 };
-
-// ---------------------------------------------------------------------------------------------------------------
-// kernel selection
-
-#if defined(__x86_64__) || defined(__i386__)
-// __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0), not only CPUID.
-bool cpu_has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
-bool cpu_has_avx512() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
-}
-#else
-bool cpu_has_avx2() { return false; }
-bool cpu_has_avx512() { return false; }
-#endif
-
-// BITCONV_ORT_ISA=scalar|avx2|avx512 forces a kernel set (tests exercise each); unset or "auto" picks the best the
-// CPU has. Read when a session creates the kernel, so a process can run sessions on different paths.
-bool select_kernels(KernelSet* out, std::string* error) {
-  const char* env = std::getenv("BITCONV_ORT_ISA");
-  const std::string want = env ? env : "";
-  if (want.empty() || want == "auto") {
-    *out = cpu_has_avx512() ? avx512_kernels() : cpu_has_avx2() ? avx2_kernels() : scalar_kernels();
-    return true;
-  }
-  if (want == "scalar") {
-    *out = scalar_kernels();
-    return true;
-  }
-  if (want == "avx2") {
-    if (!cpu_has_avx2()) {
-      *error = "BITCONV_ORT_ISA=avx2 but this CPU lacks AVX2/FMA; unset it or choose scalar";
-      return false;
-    }
-    *out = avx2_kernels();
-    return true;
-  }
-  if (want == "avx512") {
-    if (!cpu_has_avx512()) {
-      *error = "BITCONV_ORT_ISA=avx512 but this CPU lacks AVX-512 F/BW/VL/DQ/VNNI; unset it or choose avx2 or scalar";
-      return false;
-    }
-    *out = avx512_kernels();
-    return true;
-  }
-  *error = "BITCONV_ORT_ISA=" + want + " is not one of auto, scalar, avx2, avx512";
-  return false;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// small helpers over the C API
-
-struct Api {
-  const OrtApi* ort = nullptr;
-  uint32_t version = 0;
-};
-Api g_api;  // set once by RegisterCustomOps
-
-std::string shape_str(const std::vector<int64_t>& dims) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < dims.size(); ++i) s << (i ? ", " : "") << dims[i];
-  s << "]";
-  return s.str();
-}
-
-const char* dtype_name(ONNXTensorElementDataType t) {
-  switch (t) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
-    default: return "another dtype";
-  }
-}
-
-struct Tensor {
-  ONNXTensorElementDataType dtype = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  std::vector<int64_t> dims;
-  const void* data = nullptr;
-  int64_t numel() const {
-    int64_t n = 1;
-    for (int64_t d : dims) n *= d;
-    return n;
-  }
-};
-
-OrtStatus* read_tensor(const OrtApi* api, const OrtValue* value, Tensor* out) {
-  OrtTensorTypeAndShapeInfo* info = nullptr;
-  if (OrtStatus* st = api->GetTensorTypeAndShape(value, &info)) return st;
-  size_t rank = 0;
-  OrtStatus* st = api->GetTensorElementType(info, &out->dtype);
-  if (!st) st = api->GetDimensionsCount(info, &rank);
-  if (!st) {
-    out->dims.assign(rank, 0);
-    st = api->GetDimensions(info, out->dims.data(), rank);
-  }
-  api->ReleaseTensorTypeAndShapeInfo(info);
-  if (st) return st;
-  void* data = nullptr;
-  if (OrtStatus* s2 = api->GetTensorMutableData(const_cast<OrtValue*>(value), &data)) return s2;
-  out->data = data;
-  return nullptr;
-}
-
-float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1f;
-  const uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: exact as a float
-      const float v = std::ldexp(static_cast<float>(mant), -24);
-      std::memcpy(&bits, &v, 4);
-      bits |= sign;
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 int64_t row_bytes_for(int64_t K, int64_t packing) { return packing == kPackingBase3 ? (K + 4) / 5 : (K + 3) / 4; }
 
@@ -478,21 +344,6 @@ OrtStatus* TernaryMatMulKernel::compute(OrtKernelContext* ctx) {
 // ---------------------------------------------------------------------------------------------------------------
 // OrtCustomOp callbacks
 
-std::string node_name(const OrtApi* api, const OrtKernelInfo* info) {
-  size_t size = 0;
-  if (OrtStatus* st = api->KernelInfo_GetNodeName(info, nullptr, &size)) {
-    api->ReleaseStatus(st);
-    return "?";
-  }
-  std::string name(size, '\0');
-  if (OrtStatus* st = api->KernelInfo_GetNodeName(info, &name[0], &size)) {
-    api->ReleaseStatus(st);
-    return "?";
-  }
-  name.resize(std::strlen(name.c_str()));
-  return name;
-}
-
 OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** out) noexcept {
   try {
     auto kernel = std::make_unique<TernaryMatMulKernel>();
@@ -575,7 +426,6 @@ OrtStatus* compute_kernel(void* kernel, OrtKernelContext* ctx) noexcept {
 void destroy_kernel(void* kernel) noexcept { delete static_cast<TernaryMatMulKernel*>(kernel); }
 
 const char* op_name(const OrtCustomOp*) { return kOpType; }
-const char* op_provider(const OrtCustomOp*) { return nullptr; }  // CPU execution provider
 ONNXTensorElementDataType op_input_type(const OrtCustomOp*, size_t index) {
   switch (index) {
     case 1: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
@@ -593,74 +443,24 @@ OrtCustomOpInputOutputCharacteristic op_input_characteristic(const OrtCustomOp*,
 OrtCustomOpInputOutputCharacteristic op_output_characteristic(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;
 }
-OrtMemType op_input_memory_type(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
-int op_variadic_min_arity(const OrtCustomOp*) { return 1; }
-int op_variadic_homogeneity(const OrtCustomOp*) { return 1; }
-int op_start_version(const OrtCustomOp*) { return 1; }
-int op_end_version(const OrtCustomOp*) { return 2147483647; }
 
-OrtCustomOp make_op(uint32_t version) {
-  OrtCustomOp op;
+}  // namespace
+
+const OrtCustomOp* ternary_matmul_op(uint32_t version) {
+  static OrtCustomOp op;
   std::memset(&op, 0, sizeof(op));
-  op.version = version;
+  fill_common_callbacks(&op, version);
   op.GetName = op_name;
-  op.GetExecutionProviderType = op_provider;
   op.GetInputType = op_input_type;
   op.GetInputTypeCount = op_input_count;
   op.GetOutputType = op_output_type;
   op.GetOutputTypeCount = op_output_count;
-  op.KernelDestroy = destroy_kernel;
   op.GetInputCharacteristic = op_input_characteristic;
   op.GetOutputCharacteristic = op_output_characteristic;
-  op.GetInputMemoryType = op_input_memory_type;
-  op.GetVariadicInputMinArity = op_variadic_min_arity;
-  op.GetVariadicInputHomogeneity = op_variadic_homogeneity;
-  op.GetVariadicOutputMinArity = op_variadic_min_arity;
-  op.GetVariadicOutputHomogeneity = op_variadic_homogeneity;
+  op.KernelDestroy = destroy_kernel;
   op.CreateKernelV2 = create_kernel;
   op.KernelComputeV2 = compute_kernel;
-  if (version >= 17) {
-    op.GetStartVersion = op_start_version;
-    op.GetEndVersion = op_end_version;
-  }
-  return op;
+  return &op;
 }
 
-std::mutex g_register_mutex;
-OrtCustomOp g_op;
-// One domain for the whole process, added to every session's options. It is never released: sessions created
-// from those options refer to it for their lifetime and the library cannot know when the last one ends.
-OrtCustomOpDomain* g_domain = nullptr;
-
-}  // namespace
 }  // namespace bitconv
-
-BITCONV_EXPORT OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
-  using namespace bitconv;
-  if (!api_base) return nullptr;
-  std::lock_guard<std::mutex> lock(g_register_mutex);
-  if (!g_api.ort) {
-    const OrtApi* api = api_base->GetApi(BITCONV_ORT_API_VERSION);
-    uint32_t version = BITCONV_ORT_API_VERSION;
-    if (!api) {
-      api = api_base->GetApi(BITCONV_ORT_API_VERSION_FALLBACK);
-      version = BITCONV_ORT_API_VERSION_FALLBACK;
-    }
-    if (!api) {
-      // Too old to report kernel errors as statuses; refuse rather than crash on bad input later.
-      const OrtApi* v1 = api_base->GetApi(1);
-      if (!v1) return nullptr;
-      const std::string msg = std::string("bitconv TernaryMatMul needs ONNX Runtime 1.16 or newer (C API version 16); "
-                                          "this runtime is ") + api_base->GetVersionString();
-      return v1->CreateStatus(ORT_FAIL, msg.c_str());
-    }
-    g_op = make_op(version);
-    OrtCustomOpDomain* domain = nullptr;
-    if (OrtStatus* st = api->CreateCustomOpDomain(kDomain, &domain)) return st;
-    if (OrtStatus* st = api->CustomOpDomain_Add(domain, &g_op)) return st;
-    g_domain = domain;
-    g_api.ort = api;
-    g_api.version = version;
-  }
-  return g_api.ort->AddCustomOpDomain(options, g_domain);
-}
