@@ -391,6 +391,67 @@ def _compact_float_initializers(model) -> None:
     graph.node.extend(new_nodes + existing)  # the new nodes read only initializers: putting them first keeps order
 
 
+def _keep_float16_at_run_time(model, half_matmul: bool) -> int:
+    """Let float16 initializers stay float16 in ONNX Runtime's memory; returns the number of HalfMatMul nodes.
+
+    After `_compact_float_initializers` a float16 matrix W16 reaches its users as Cast(W16) -- directly, or through
+    a Transpose (a tied lm_head). ONNX Runtime folds such constants at session creation, so the embeddings and the
+    lm_head would sit in memory as float32 and the lm_head would be read at 4 bytes a weight on every token. Here:
+    Gather(Cast(W16), ids) becomes Cast(Gather(W16, ids)) (plain ONNX, every target), and with `half_matmul`
+    (target "op") MatMul(X, Transpose(Cast(W16))) and MatMul(X, Cast(W16)) become bitconv.HalfMatMul(X, W16 as
+    [N, K]), which converts in registers. Casts and Transposes left without users are removed.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bitconv.ort import HALF_OP_TYPE, OP_DOMAIN
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    half = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Cast" and n.input[0] in inits
+            and inits[n.input[0]].data_type == TensorProto.FLOAT16 and len(inits[n.input[0]].dims) == 2}
+    # Transpose(Cast(W16)) outputs, i.e. W16 read as [K, N] where W16 itself is [N, K]
+    half_t = {n.output[0]: half[n.input[0]] for n in graph.node if n.op_type == "Transpose" and n.input[0] in half
+              and list(n.attribute[0].ints) == [1, 0]}
+    new_inits, nodes, n_half = {}, [], 0
+    for node in graph.node:
+        if node.op_type == "Gather" and node.input[0] in half:
+            gathered = node.output[0] + ".fp16"
+            nodes.append(helper.make_node("Gather", [half[node.input[0]], node.input[1]], [gathered], name=node.name,
+                                          axis=next((a.i for a in node.attribute if a.name == "axis"), 0)))
+            nodes.append(helper.make_node("Cast", [gathered], [node.output[0]], name=f"{node.name}/bitconv_cast",
+                                          to=TensorProto.FLOAT))
+            continue
+        if half_matmul and node.op_type == "MatMul" and (node.input[1] in half_t or node.input[1] in half):
+            if node.input[1] in half_t:
+                weight = half_t[node.input[1]]
+            else:  # Cast(W16) with W16 stored [K, N]: store its transpose instead
+                source = half[node.input[1]]
+                weight = source + ".nk"
+                if weight not in new_inits:
+                    array = np.ascontiguousarray(numpy_helper.to_array(inits[source]).T)
+                    new_inits[weight] = numpy_helper.from_array(array, weight)
+            nodes.append(helper.make_node(HALF_OP_TYPE, [node.input[0], weight], [node.output[0]],
+                                          name=node.name or node.output[0], domain=OP_DOMAIN))
+            n_half += 1
+            continue
+        nodes.append(node)
+    # drop Casts / Transposes nobody reads any more, then initializers nobody reads
+    while True:
+        used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
+        kept = [n for n in nodes if n.op_type not in ("Cast", "Transpose") or n.output[0] in used]
+        if len(kept) == len(nodes):
+            break
+        nodes = kept
+    used = {i for n in nodes for i in n.input}
+    initializers = [t for t in graph.initializer if t.name in used or t.data_type != TensorProto.FLOAT16] + \
+        [t for name, t in new_inits.items() if name in used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    return n_half
+
+
 def _copy_side_files(folder: Path, out_dir: Path) -> None:
     """Tokenizer and config files next to the .onnx (never replacing a file that is already there)."""
     for name in SIDE_FILES:
@@ -465,6 +526,7 @@ def export(folder: str | os.PathLike, onnx_path: str | os.PathLike, *, target: s
         raise BitconvError(f"{folder}: quantized weights {missing[:3]} were not found as MatMul/Gemm weights in the "
                            "exported graph; this architecture's export is not supported")
     _compact_float_initializers(proto)
+    _keep_float16_at_run_time(proto, half_matmul=target == "op")
     proto.ir_version = min(proto.ir_version, 9)
     meta = {"bitconv.target": target, "bitconv.kind": kind, "bitconv.model_type": model_type,
             "bitconv.quantization_config": json.dumps(qc, sort_keys=True),

@@ -50,6 +50,16 @@ def _node_types(path):
     return [n.op_type for n in onnx.load(str(path)).graph.node]
 
 
+def _assert_float16_gathered_as_stored(path):
+    # an embedding table is gathered in float16 and only the gathered rows are cast: no float32 copy of the table
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    cast_of_initializer = {n.output[0] for n in graph.node if n.op_type == "Cast"
+                           and n.input[0] in {t.name for t in graph.initializer}}
+    assert not [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in cast_of_initializer]
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_decoder_matches_load(converted, tmp_path, name, target):
@@ -60,6 +70,8 @@ def test_decoder_matches_load(converted, tmp_path, name, target):
     types = _node_types(result.path)
     assert types.count("TernaryMatMul") == (n_quantized if target == "op" else 0)
     assert types.count("MatMulNBits") == (n_quantized if target == "matmulnbits" else 0)
+    assert types.count("HalfMatMul") == (1 if target == "op" else 0)  # the tied float16 lm_head, used as stored
+    _assert_float16_gathered_as_stored(result.path)
     ids = _ids()
     decoder = OnnxDecoder(result.path, threads=1)
     logits, present = decoder.step(ids, decoder.empty_cache())
@@ -144,6 +156,24 @@ def test_large_model_goes_to_external_data(converted, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "MAX_PROTO_BYTES", 2 * 1024**3)
     export(converted["gpt2"], path, target="op")
     assert not data.exists()
+
+
+def test_untied_lm_head_runs_as_half_matmul(tmp_path):
+    # an lm_head of its own is exported as MatMul(X, Cast(W16 [K, N])): the op target stores W16 transposed once
+    # and multiplies it with HalfMatMul
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(num_hidden_layers=1, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=128, max_position_embeddings=64, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(str(tmp_path / "src"))
+    folder = _convert(tmp_path / "src", tmp_path / "q")
+    result = export(folder, tmp_path / "untied.onnx", target="op")
+    assert _node_types(result.path).count("HalfMatMul") == 1
+    ids = _ids()
+    decoder = OnnxDecoder(result.path, threads=1)
+    logits, _ = decoder.step(ids, decoder.empty_cache())
+    np.testing.assert_allclose(logits, _reference(folder, ids), atol=ATOL, rtol=0)
 
 
 def test_int8_activations_base3_groups_and_outliers(tiny_gpt2, tmp_path):
