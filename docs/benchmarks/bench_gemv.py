@@ -138,6 +138,34 @@ def measure(K, N, Ms, pool_list, rounds, calls):
     return models, results
 
 
+def measure_half(pool_list, rounds: int, calls: int, vocab: int = 50257, hidden: int = 768):
+    """HalfMatMul against float32 MatMul for a GPT-2-small lm_head GEMV (the float16 matrix of a packed model)."""
+    rng = np.random.default_rng(2)
+    w16 = (rng.standard_normal((vocab, hidden)) * 0.02).astype(np.float16)
+    float_model = _model([helper.make_node("MatMul", ["A", "W"], ["Y"])],
+                         [numpy_helper.from_array(np.ascontiguousarray(w16.astype(np.float32).T), "W")], hidden, vocab)
+    models = {"float32 MatMul": float_model, "HalfMatMul (float16 W)": bort.half_matmul_model(w16)}
+    a = rng.standard_normal((1, hidden)).astype(np.float32)
+    rows = []
+    for label, threads, spin in pool_list:
+        sessions = {name: session(m, threads, spin) for name, m in models.items()}
+        times = {name: [] for name in sessions}
+        for s in sessions.values():
+            s.run(None, {"A": a})
+        for _ in range(rounds):
+            for name, s in sessions.items():
+                t = time.perf_counter()
+                for _ in range(calls):
+                    s.run(None, {"A": a})
+                times[name].append((time.perf_counter() - t) / calls)
+        base = statistics.median(times["float32 MatMul"])
+        for name in sessions:
+            t = statistics.median(times[name])
+            rows.append(f"| {label} | {name} | {t * 1e3:.3f} | {base / t:.2f}x |")
+    return ["", f"## Float16 lm_head: HalfMatMul vs float32 MatMul (M = 1, N = {vocab}, K = {hidden})", "",
+            "| threads | contender | median ms | speed-up vs float32 MatMul |", "|---|---|---|---|"] + rows
+
+
 def load_average() -> str:
     try:
         return " / ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -220,8 +248,10 @@ def main() -> None:
     copy_bw = memcpy_bandwidth()
     pool_list = pools(args.threads, args.spin)
     models, results = measure(args.K, args.N, args.M, pool_list, args.rounds, args.calls)
+    half_lines = measure_half(pool_list, args.rounds, args.calls)
     text = report(args.K, args.N, args.M, [label for label, _, _ in pool_list], models, results, copy_bw, command,
                   load_before, load_average())
+    text += "\n".join(half_lines) + "\n"
     if args.out:
         tmp = args.out.with_suffix(args.out.suffix + ".tmp")
         tmp.write_text(text)

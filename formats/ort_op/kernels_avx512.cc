@@ -423,7 +423,8 @@ BITCONV_AVX512 void gemm_int8(const GemmProblem& p, int64_t n0, int64_t n1) {
 // Float16 weights: 16 halves -> 16 floats per VCVTPH2PS, then FMA; MB activation rows share each conversion. W is
 // read one row after the other with one accumulator per activation row: on the EPYC of docs/benchmarks/gemv.md
 // that ran the GPT-2 lm_head (50257 x 768) in 2.4 ms, against 3.2 ms with two accumulators, 5.2 ms with four, and
-// about 7 ms reading 4 to 16 rows of W side by side (to save horizontal sums).
+// about 7 ms reading 4 to 16 rows of W side by side (to save horizontal sums) -- one-off measurements while
+// writing this, not a benchmark in the repository.
 template <int MB>
 BITCONV_AVX512 void half_rows(const HalfProblem& p, int64_t m0, int64_t n0, int64_t n1) {
   const float* a[MB];
