@@ -14,8 +14,9 @@ Decoders (GPT-2, Llama) are exported with a key/value cache: inputs input_ids, a
 past_key_values.{i}.key/value [batch, kv_heads, past, head_dim]; outputs logits, present.{i}.key/value.
 Encoders (BERT) take input_ids, attention_mask, token_type_ids and return logits (with a task head) or
 last_hidden_state. Float initializers that float16 represents exactly (the fp16 embeddings, a tied or fp16
-lm_head) are stored in float16 behind a Cast, and an initializer that is the transpose of another (GPT-2's tied
-lm_head) is stored once behind a Transpose; ONNX Runtime folds both at session creation.
+lm_head) are stored in float16, and an initializer that is the transpose of another (GPT-2's tied lm_head) is
+stored once. Embeddings are gathered in float16 and the lm_head becomes bitconv.HalfMatMul (target "op"), so they
+stay float16 at run time; other float16 matrices sit behind a Cast that ONNX Runtime folds at session creation.
 """
 
 from __future__ import annotations
