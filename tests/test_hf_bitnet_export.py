@@ -16,7 +16,7 @@ import bitconv
 from bitconv.errors import BitconvError
 from bitconv.hf_bitnet_export import export_hf_bitnet, pack_output_dim
 
-from tiny_models import make_gpt2, make_llama
+from tiny_models import make_llama
 
 IDS = [5, 17, 100, 250, 3, 77, 200, 9, 42, 300, 11, 64]
 

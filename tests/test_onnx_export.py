@@ -9,7 +9,7 @@ import torch
 import bitconv
 from bitconv import ort as bort
 from bitconv.errors import BitconvError
-from bitconv.onnx_export import decoder_cache_shape, export
+from bitconv.onnx_export import export
 from bitconv.onnx_generate import OnnxDecoder
 
 # float32 logits of the tiny models are O(1); ONNX Runtime and torch sum in different orders
