@@ -24,15 +24,8 @@ namespace {
 constexpr const char* kOpType = "HalfMatMul";
 constexpr int64_t kColumnsPerTask = 256;  // output columns (rows of W) one thread-pool task computes
 
-struct HalfMatMulKernel {
-  const OrtApi* api = nullptr;
-  std::string node;
+struct HalfMatMulKernel : KernelBase {
   KernelSet kernels{};
-
-  OrtStatus* error(const std::string& what) const {
-    const std::string msg = std::string(kOpType) + " node '" + node + "': " + what;
-    return api->CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str());
-  }
 
   OrtStatus* compute(OrtKernelContext* ctx);
 };
@@ -99,36 +92,22 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
   try {
     auto kernel = std::make_unique<HalfMatMulKernel>();
     kernel->api = api;
+    kernel->op_type = kOpType;
     kernel->node = node_name(api, info);
     std::string why;
     if (!select_kernels(&kernel->kernels, &why)) return kernel->error(why);
     *out = kernel.release();
     return nullptr;
-  } catch (const std::bad_alloc&) {
-    return api->CreateStatus(ORT_FAIL, "HalfMatMul: out of memory creating the kernel");
+  } catch (...) {
+    return status_from_exception(api, kOpType, " creating the kernel");
   }
 }
-
-OrtStatus* compute_kernel(void* kernel, OrtKernelContext* ctx) noexcept {
-  auto* k = static_cast<HalfMatMulKernel*>(kernel);
-  try {
-    return k->compute(ctx);
-  } catch (const std::bad_alloc&) {
-    return k->api->CreateStatus(ORT_FAIL, "HalfMatMul: out of memory");
-  } catch (const std::exception& e) {
-    return k->api->CreateStatus(ORT_FAIL, (std::string("HalfMatMul: ") + e.what()).c_str());
-  }
-}
-
-void destroy_kernel(void* kernel) noexcept { delete static_cast<HalfMatMulKernel*>(kernel); }
 
 const char* op_name(const OrtCustomOp*) { return kOpType; }
 ONNXTensorElementDataType op_input_type(const OrtCustomOp*, size_t index) {
   return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 size_t op_input_count(const OrtCustomOp*) { return 2; }
-ONNXTensorElementDataType op_output_type(const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-size_t op_output_count(const OrtCustomOp*) { return 1; }
 OrtCustomOpInputOutputCharacteristic op_required(const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; }
 
 }  // namespace
@@ -140,13 +119,10 @@ const OrtCustomOp* half_matmul_op(uint32_t version) {
   op.GetName = op_name;
   op.GetInputType = op_input_type;
   op.GetInputTypeCount = op_input_count;
-  op.GetOutputType = op_output_type;
-  op.GetOutputTypeCount = op_output_count;
   op.GetInputCharacteristic = op_required;
-  op.GetOutputCharacteristic = op_required;
-  op.KernelDestroy = destroy_kernel;
+  op.KernelDestroy = destroy_kernel<HalfMatMulKernel>;
   op.CreateKernelV2 = create_kernel;
-  op.KernelComputeV2 = compute_kernel;
+  op.KernelComputeV2 = compute_kernel<HalfMatMulKernel>;
   return &op;
 }
 

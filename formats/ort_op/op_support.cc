@@ -3,6 +3,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <sstream>
 
 namespace bitconv {
@@ -112,6 +114,23 @@ std::string node_name(const OrtApi* api, const OrtKernelInfo* info) {
   return name;
 }
 
+OrtStatus* KernelBase::error(const std::string& what) const {
+  const std::string msg = std::string(op_type) + " node '" + node + "': " + what;
+  return api->CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str());
+}
+
+OrtStatus* status_from_exception(const OrtApi* api, const char* op_type, const char* context) noexcept {
+  try {
+    throw;
+  } catch (const std::bad_alloc&) {
+    return api->CreateStatus(ORT_FAIL, (std::string(op_type) + ": out of memory" + context).c_str());
+  } catch (const std::exception& e) {
+    return api->CreateStatus(ORT_FAIL, (std::string(op_type) + ": " + e.what()).c_str());
+  } catch (...) {
+    return api->CreateStatus(ORT_FAIL, (std::string(op_type) + ": unknown error" + context).c_str());
+  }
+}
+
 namespace {
 const char* op_provider(const OrtCustomOp*) { return nullptr; }  // CPU execution provider
 OrtMemType op_input_memory_type(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
@@ -119,6 +138,11 @@ int op_variadic_min_arity(const OrtCustomOp*) { return 1; }
 int op_variadic_homogeneity(const OrtCustomOp*) { return 1; }
 int op_start_version(const OrtCustomOp*) { return 1; }
 int op_end_version(const OrtCustomOp*) { return 2147483647; }
+ONNXTensorElementDataType op_output_type(const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+size_t op_output_count(const OrtCustomOp*) { return 1; }
+OrtCustomOpInputOutputCharacteristic op_output_characteristic(const OrtCustomOp*, size_t) {
+  return INPUT_OUTPUT_REQUIRED;
+}
 }  // namespace
 
 void fill_common_callbacks(OrtCustomOp* op, uint32_t version) {
@@ -129,6 +153,9 @@ void fill_common_callbacks(OrtCustomOp* op, uint32_t version) {
   op->GetVariadicInputHomogeneity = op_variadic_homogeneity;
   op->GetVariadicOutputMinArity = op_variadic_min_arity;
   op->GetVariadicOutputHomogeneity = op_variadic_homogeneity;
+  op->GetOutputType = op_output_type;
+  op->GetOutputTypeCount = op_output_count;
+  op->GetOutputCharacteristic = op_output_characteristic;
   if (version >= 17) {
     op->GetStartVersion = op_start_version;
     op->GetEndVersion = op_end_version;

@@ -43,8 +43,38 @@ std::string shape_str(const std::vector<int64_t>& dims);
 const char* dtype_name(ONNXTensorElementDataType t);
 std::string node_name(const OrtApi* api, const OrtKernelInfo* info);  // "?" when the runtime cannot say
 
-// Callbacks every op fills the same way: CPU execution provider, default memory, no variadic inputs, opset range.
+// Callbacks every op fills the same way: CPU execution provider, default memory, no variadic inputs, opset range,
+// one required float32 output.
 void fill_common_callbacks(OrtCustomOp* op, uint32_t version);
+
+// What every kernel object holds: the API table, its op type and node name, for messages.
+struct KernelBase {
+  const OrtApi* api = nullptr;
+  const char* op_type = "";
+  std::string node;
+
+  // ORT_INVALID_ARGUMENT "<op type> node '<node>': <what>"
+  OrtStatus* error(const std::string& what) const;
+};
+
+// Inside a catch block: the exception being handled as an ORT_FAIL status named after the op, so no C++
+// exception unwinds into the runtime ("<op type>: out of memory<context>" or "<op type>: <what()>").
+OrtStatus* status_from_exception(const OrtApi* api, const char* op_type, const char* context = "") noexcept;
+
+// KernelComputeV2 and KernelDestroy for a kernel type K (a KernelBase with OrtStatus* compute(ctx)).
+template <typename K>
+OrtStatus* compute_kernel(void* kernel, OrtKernelContext* ctx) noexcept {
+  auto* k = static_cast<K*>(kernel);
+  try {
+    return k->compute(ctx);
+  } catch (...) {
+    return status_from_exception(k->api, k->op_type);
+  }
+}
+template <typename K>
+void destroy_kernel(void* kernel) noexcept {
+  delete static_cast<K*>(kernel);
+}
 
 // The ops of this library, described for the API `version` (16 or 17); the structs live for the process.
 const OrtCustomOp* ternary_matmul_op(uint32_t version);

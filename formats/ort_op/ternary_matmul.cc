@@ -61,18 +61,11 @@ bool base3_to_2bit(const uint8_t* src, int64_t N, int64_t K, std::vector<uint8_t
 // ---------------------------------------------------------------------------------------------------------------
 // the kernel
 
-struct TernaryMatMulKernel {
-  const OrtApi* api = nullptr;
-  std::string node;
+struct TernaryMatMulKernel : KernelBase {
   int64_t K = 0, N = 0, group_size = 0, act_quant = 0, packing = kPacking2Bit;
   KernelSet kernels{};
   std::vector<uint8_t> constant_codes_2bit;  // base-3 codes of a constant initializer, repacked once
   AlignedArray<uint32_t> interleaved;         // interleave_codes() of a constant initializer
-
-  OrtStatus* error(const std::string& what) const {
-    const std::string msg = std::string(kOpType) + " node '" + node + "': " + what;
-    return api->CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str());
-  }
 
   OrtStatus* compute(OrtKernelContext* ctx);
 };
@@ -348,6 +341,7 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
   try {
     auto kernel = std::make_unique<TernaryMatMulKernel>();
     kernel->api = api;
+    kernel->op_type = kOpType;
     kernel->node = node_name(api, info);
     auto attr = [&](const char* name, int64_t* value, bool required) -> OrtStatus* {
       OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, value);
@@ -405,25 +399,10 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
     }
     *out = kernel.release();
     return nullptr;
-  } catch (const std::bad_alloc&) {
-    return api->CreateStatus(ORT_FAIL, "TernaryMatMul: out of memory creating the kernel");
-  } catch (const std::exception& e) {
-    return api->CreateStatus(ORT_FAIL, (std::string("TernaryMatMul: ") + e.what()).c_str());
+  } catch (...) {
+    return status_from_exception(api, kOpType, " creating the kernel");
   }
 }
-
-OrtStatus* compute_kernel(void* kernel, OrtKernelContext* ctx) noexcept {
-  auto* k = static_cast<TernaryMatMulKernel*>(kernel);
-  try {
-    return k->compute(ctx);
-  } catch (const std::bad_alloc&) {
-    return k->api->CreateStatus(ORT_FAIL, "TernaryMatMul: out of memory");
-  } catch (const std::exception& e) {
-    return k->api->CreateStatus(ORT_FAIL, (std::string("TernaryMatMul: ") + e.what()).c_str());
-  }
-}
-
-void destroy_kernel(void* kernel) noexcept { delete static_cast<TernaryMatMulKernel*>(kernel); }
 
 const char* op_name(const OrtCustomOp*) { return kOpType; }
 ONNXTensorElementDataType op_input_type(const OrtCustomOp*, size_t index) {
@@ -435,13 +414,8 @@ ONNXTensorElementDataType op_input_type(const OrtCustomOp*, size_t index) {
   }
 }
 size_t op_input_count(const OrtCustomOp*) { return kNumInputs; }
-ONNXTensorElementDataType op_output_type(const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-size_t op_output_count(const OrtCustomOp*) { return 1; }
 OrtCustomOpInputOutputCharacteristic op_input_characteristic(const OrtCustomOp*, size_t index) {
   return index < kFirstOptionalInput ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-}
-OrtCustomOpInputOutputCharacteristic op_output_characteristic(const OrtCustomOp*, size_t) {
-  return INPUT_OUTPUT_REQUIRED;
 }
 
 }  // namespace
@@ -453,13 +427,10 @@ const OrtCustomOp* ternary_matmul_op(uint32_t version) {
   op.GetName = op_name;
   op.GetInputType = op_input_type;
   op.GetInputTypeCount = op_input_count;
-  op.GetOutputType = op_output_type;
-  op.GetOutputTypeCount = op_output_count;
   op.GetInputCharacteristic = op_input_characteristic;
-  op.GetOutputCharacteristic = op_output_characteristic;
-  op.KernelDestroy = destroy_kernel;
+  op.KernelDestroy = destroy_kernel<TernaryMatMulKernel>;
   op.CreateKernelV2 = create_kernel;
-  op.KernelComputeV2 = compute_kernel;
+  op.KernelComputeV2 = compute_kernel<TernaryMatMulKernel>;
   return &op;
 }
 
