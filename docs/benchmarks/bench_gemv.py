@@ -125,17 +125,22 @@ def measure(K, N, Ms, pool_list, rounds, calls):
                 y = s.run(None, {"A": a})[0]
                 err = float(np.abs(y - ref).max() / np.abs(ref).max())
                 results[(name, threads, M, "err")] = err
-            times = {name: [] for name in sessions}
-            n = max(1, calls // M) if M > 8 else calls
-            for _ in range(rounds):
-                for name, s in sessions.items():
-                    t = time.perf_counter()
-                    for _ in range(n):
-                        s.run(None, {"A": a})
-                    times[name].append((time.perf_counter() - t) / n)
-            for name in sessions:
-                results[(name, threads, M)] = statistics.median(times[name])
+            medians = median_seconds(sessions, a, rounds, max(1, calls // M) if M > 8 else calls)
+            for name, t in medians.items():
+                results[(name, threads, M)] = t
     return models, results
+
+
+def median_seconds(sessions: dict, a: np.ndarray, rounds: int, calls: int) -> dict[str, float]:
+    """Median seconds per call of each session on input `a`, timed in rounds that interleave the contenders."""
+    times = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            t = time.perf_counter()
+            for _ in range(calls):
+                s.run(None, {"A": a})
+            times[name].append((time.perf_counter() - t) / calls)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def measure_half(pool_list, rounds: int, calls: int, vocab: int = 50257, hidden: int = 768):
@@ -149,18 +154,11 @@ def measure_half(pool_list, rounds: int, calls: int, vocab: int = 50257, hidden:
     rows = []
     for label, threads, spin in pool_list:
         sessions = {name: session(m, threads, spin) for name, m in models.items()}
-        times = {name: [] for name in sessions}
-        for s in sessions.values():
+        for s in sessions.values():  # warm up
             s.run(None, {"A": a})
-        for _ in range(rounds):
-            for name, s in sessions.items():
-                t = time.perf_counter()
-                for _ in range(calls):
-                    s.run(None, {"A": a})
-                times[name].append((time.perf_counter() - t) / calls)
-        base = statistics.median(times["float32 MatMul"])
-        for name in sessions:
-            t = statistics.median(times[name])
+        medians = median_seconds(sessions, a, rounds, calls)
+        base = medians["float32 MatMul"]
+        for name, t in medians.items():
             rows.append(f"| {label} | {name} | {t * 1e3:.3f} | {base / t:.2f}x |")
     return ["", f"## Float16 lm_head: HalfMatMul vs float32 MatMul (M = 1, N = {vocab}, K = {hidden})", "",
             "| threads | contender | median ms | speed-up vs float32 MatMul |", "|---|---|---|---|"] + rows
