@@ -139,6 +139,19 @@ int64_t lut_pass_columns(const GemmProblem& p, int64_t rows) {
   return columns;
 }
 
+// The scales of output rows n0 .. n0+16 for group g (g = 0 unless grouped).
+BITCONV_AVX512 inline __m512 scales16(const GemmProblem& p, int64_t n0, int64_t g) {
+  switch (p.scale_kind) {
+    case ScaleKind::kTensor: return _mm512_set1_ps(p.scale[0]);
+    case ScaleKind::kChannel: return _mm512_loadu_ps(p.scale + n0);
+    default: {
+      const __m512i rows = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+      return _mm512_i32gather_ps(_mm512_mullo_epi32(rows, _mm512_set1_epi32(static_cast<int>(p.n_groups))),
+                                 p.scale + n0 * p.n_groups + g, 4);
+    }
+  }
+}
+
 // Y[m0 .. m0+MB, n0 .. n0+16) += the contribution of input columns [k_begin, k_end) (whole groups when grouped),
 // from the interleaved code words of this row block (`words`); `first` starts Y from zero.
 template <int MB>
@@ -168,15 +181,7 @@ BITCONV_AVX512 void lut_tile(const GemmProblem& p, const uint32_t* words, int64_
           acc[r][s % A] = _mm512_add_ps(acc[r][s % A], _mm512_permutexvar_ps(idx[s], _mm512_loadu_ps(t + 16 * s)));
       }
     }
-    __m512 s;
-    switch (p.scale_kind) {
-      case ScaleKind::kTensor: s = _mm512_set1_ps(p.scale[0]); break;
-      case ScaleKind::kChannel: s = _mm512_loadu_ps(p.scale + n0); break;
-      default:
-        s = _mm512_i32gather_ps(_mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                   _mm512_set1_epi32(static_cast<int>(p.n_groups))),
-                                p.scale + n0 * p.n_groups + g, 4);
-    }
+    const __m512 s = scales16(p, n0, g);
     for (int r = 0; r < MB; ++r) {
       for (int j = A / 2; j > 0; j /= 2)
         for (int i = 0; i < j; ++i) acc[r][i] = _mm512_add_ps(acc[r][i], acc[r][i + j]);
@@ -233,7 +238,6 @@ template <int NB>
 BITCONV_AVX512 void decode_panel(const GemmProblem& p, const uint32_t* const* words, int64_t n0, int64_t k0,
                                  int64_t k1, float* panel) {
   const __m512 table = _mm512_setr_ps(-2, -1, 0, 1, -2, -1, 0, 1, -2, -1, 0, 1, -2, -1, 0, 1);
-  const __m512i rows16 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const int64_t k16_end = std::min(k1, p.K / 16 * 16);  // interleaved words cover whole runs of 16 columns
   for (int b = 0; b < NB; ++b) {
     const int64_t nb = n0 + 16 * b;
@@ -243,13 +247,7 @@ BITCONV_AVX512 void decode_panel(const GemmProblem& p, const uint32_t* const* wo
       const int64_t g = p.scale_kind == ScaleKind::kGroup ? k / p.group_size : 0;  // groups hold whole runs
       if (g != group) {
         group = g;
-        switch (p.scale_kind) {
-          case ScaleKind::kTensor: s = _mm512_set1_ps(p.scale[0]); break;
-          case ScaleKind::kChannel: s = _mm512_loadu_ps(p.scale + nb); break;
-          default:
-            s = _mm512_i32gather_ps(_mm512_mullo_epi32(rows16, _mm512_set1_epi32(static_cast<int>(p.n_groups))),
-                                    p.scale + nb * p.n_groups + g, 4);
-        }
+        s = scales16(p, nb, g);
       }
       const __m512i w = _mm512_loadu_si512(words[b] + k);  // (k / 16) * 16 words: this run's 16 rows
       float* dst = panel + (k - k0) * 16 * NB + 16 * b;
