@@ -412,7 +412,7 @@ def _keep_float16_at_run_time(model, half_matmul: bool) -> int:
             and inits[n.input[0]].data_type == TensorProto.FLOAT16 and len(inits[n.input[0]].dims) == 2}
     # Transpose(Cast(W16)) outputs, i.e. W16 read as [K, N] where W16 itself is [N, K]
     half_t = {n.output[0]: half[n.input[0]] for n in graph.node if n.op_type == "Transpose" and n.input[0] in half
-              and list(n.attribute[0].ints) == [1, 0]}
+              and next((list(a.ints) for a in n.attribute if a.name == "perm"), [1, 0]) == [1, 0]}  # 2-D default
     new_inits, nodes, n_half = {}, [], 0
     for node in graph.node:
         if node.op_type == "Gather" and node.input[0] in half:
