@@ -1,21 +1,33 @@
 """bitconv: turn transformer checkpoints into packed ternary (1.58-bit) models, recover and measure them.
 
     import bitconv
-    bitconv.convert("gpt2", "gpt2-1.58", bits=1.58)
+    bitconv.convert("gpt2", "gpt2-1.58", bitconv.QuantConfig.for_bits(1.58))
     model = bitconv.load("gpt2-1.58")
+
+The package is laid out by job, one owner each: `format` (the packed format), `quantize` (configs, schemes,
+plans, sources, convert, torch modules, load), `train` (recover), `data` (reading data sets), `evaluate`,
+`report`, `export`, `ort` (the ONNX Runtime op library), `hub` and `cli`.
 """
 
 __version__ = "0.1.0"
-__all__ = ["convert", "load", "__version__"]
+__all__ = ["convert", "load", "QuantConfig", "RecoverConfig", "recover", "__version__"]
+
+# imported lazily so that `import bitconv` (and the CLI's --help) does not pay for torch and transformers
+_LAZY = {
+    "convert": ("bitconv.quantize.convert", "convert"),
+    "load": ("bitconv.quantize.modeling", "load"),
+    "QuantConfig": ("bitconv.quantize.config", "QuantConfig"),
+    "RecoverConfig": ("bitconv.train.recover", "RecoverConfig"),
+    "recover": ("bitconv.train.recover", "recover"),
+}
 
 
 def __getattr__(name):
-    # imported lazily so that `import bitconv` (and the CLI's --help) does not pay for torch and transformers
-    if name == "convert":
-        from bitconv.converter import convert as function
-    elif name == "load":
-        from bitconv.modeling import load as function
-    else:
+    if name not in _LAZY:
         raise AttributeError(f"module 'bitconv' has no attribute {name!r}")
-    globals()[name] = function
-    return function
+    import importlib
+
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value

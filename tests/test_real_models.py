@@ -4,15 +4,16 @@ import pytest
 import torch
 
 import bitconv
-from bitconv.source import load_original, load_tokenizer
-from bitconv.summary import summarize
+from bitconv.format.summary import summarize
+from bitconv.quantize.config import QuantConfig
+from bitconv.quantize.source import load_original, load_tokenizer
 
 pytestmark = pytest.mark.slow
 
 
 def test_minilm_converts_loads_and_fp16_copy_is_faithful(minilm_dir, tmp_path):
-    bitconv.convert(minilm_dir, tmp_path / "t", bits=1.58, progress=False)
-    bitconv.convert(minilm_dir, tmp_path / "h", bits=16, progress=False)
+    bitconv.convert(minilm_dir, tmp_path / "t", QuantConfig.for_bits(1.58), progress=False)
+    bitconv.convert(minilm_dir, tmp_path / "h", QuantConfig.for_bits(16), progress=False)
     summary = summarize(tmp_path / "t")
     linear = summary.totals()["linear"]
     assert linear["n_params"] == 6 * (4 * 384 * 384 + 2 * 384 * 1536)
@@ -29,7 +30,7 @@ def test_minilm_converts_loads_and_fp16_copy_is_faithful(minilm_dir, tmp_path):
 
 
 def test_smollm2_gguf_converts_and_runs(smollm2_gguf, tmp_path):
-    bitconv.convert(smollm2_gguf, tmp_path / "s", bits=1.58, progress=False)
+    bitconv.convert(smollm2_gguf, tmp_path / "s", QuantConfig.for_bits(1.58), progress=False)
     summary = summarize(tmp_path / "s")
     assert summary.totals()["linear"]["n_params"] == 30 * (2 * 576 * 576 + 2 * 192 * 576 + 3 * 576 * 1536)  # q,o + k,v + mlp
     model = bitconv.load(tmp_path / "s")

@@ -39,7 +39,8 @@ def write_random_gpt2(folder: Path, size: str, seed: int = 0) -> tuple[int, int]
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from bitconv.format import FilePlan, PlannedTensor, StreamingSafetensorsWriter
+    from bitconv.format.safetensors import StreamingSafetensorsWriter
+    from bitconv.format.spec import FilePlan, PlannedTensor
 
     config = GPT2Config(**SIZES[size])
     with torch.device("meta"):

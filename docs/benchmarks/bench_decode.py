@@ -21,7 +21,7 @@ import numpy as np
 
 def decode_tokens_per_s(path: Path, threads: int, spin: bool | None, prompt: list[int], new_tokens: int,
                         repeats: int) -> float:
-    from bitconv.onnx_generate import OnnxDecoder
+    from bitconv.ort.generate import OnnxDecoder
 
     decoder = OnnxDecoder(path, threads=threads, spin=spin)
     decoder.greedy(prompt, 2)  # warm-up: first-run allocations
@@ -47,7 +47,7 @@ def main() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     import bitconv
-    from bitconv.onnx_export import export
+    from bitconv.export.onnx import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
         tmp = Path(tmp)
@@ -57,8 +57,8 @@ def main() -> None:
         model.save_pretrained(str(tmp / "src"))
         del model
         folder = bitconv.convert(str(tmp / "src"), str(tmp / "gpt2-1.58"), progress=False).out
-        op = export(folder, tmp / "op" / "model.onnx", target="op")
-        flt = export(folder, tmp / "float" / "model.onnx", target="float")
+        op = export_onnx(folder, tmp / "op" / "model.onnx", target="op")
+        flt = export_onnx(folder, tmp / "float" / "model.onnx", target="float")
         fp16_bytes = 2 * n_params
         prompt = list(range(100, 108))
         print(f"parameters {n_params:,}; prompt {len(prompt)} tokens, {args.new_tokens} new tokens timed, "

@@ -32,7 +32,8 @@ import torch  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from bitconv import ort as bort  # noqa: E402
-from bitconv.schemes import QuantConfig, decode, dequantize, encode, quantize  # noqa: E402
+from bitconv.quantize.config import QuantConfig  # noqa: E402
+from bitconv.quantize.schemes import decode, dequantize, encode, quantize
 
 BLOCK = 64
 RUN_DATE = "2026-11-22"

@@ -26,9 +26,9 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from bitconv.backends import open_backend  # noqa: E402
-from bitconv.data_files import text_slice  # noqa: E402
-from bitconv.evaluate import perplexity, sliding_windows, tokenize_text  # noqa: E402
+from bitconv.data.files import text_slice  # noqa: E402
+from bitconv.evaluate.backends import open_backend  # noqa: E402
+from bitconv.evaluate.metrics import perplexity, sliding_windows, tokenize_text  # noqa: E402
 
 
 def default_model() -> str:

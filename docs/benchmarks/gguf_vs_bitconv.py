@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 import bitconv
-import bitconv.gguf_export as gguf_export
-from bitconv.schemes import decode, dequantize
+import bitconv.export.gguf as gguf_export
+from bitconv.quantize.schemes import decode, dequantize
 
 TEXT = "ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun."
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 import bitconv
-from bitconv.hf_bitnet_export import export_hf_bitnet
+from bitconv.export.hf_bitnet import export_hf_bitnet
+from bitconv.quantize.config import QuantConfig
 
 IDS = [1, 4093, 28, 1249, 2424, 30, 732, 1342, 1865, 359, 15048, 4446, 17, 13, 314, 2]
 LOAD = """
@@ -43,17 +44,17 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = bitconv.convert(args.source, Path(tmp) / "smol-1.58", activations="int8", progress=False).out
+        folder = bitconv.convert(args.source, Path(tmp) / "smol-1.58", QuantConfig.for_bits(activations="int8"), progress=False).out
         result = export_hf_bitnet(folder, Path(tmp) / "smol-hf", progress=False)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["TORCHDYNAMO_DISABLE"] = "1"
         out = Path(tmp) / "logits.npy"
-        subprocess.run([sys.executable, "-c", LOAD, str(result.out), json.dumps(IDS), str(out)], check=True,
+        subprocess.run([sys.executable, "-c", LOAD, str(result.path), json.dumps(IDS), str(out)], check=True,
                        env=env, cwd=tmp)
         got = np.load(out)
         with torch.no_grad():
             ref = bitconv.load(folder, model_class=AutoModelForCausalLM)(torch.tensor([IDS])).logits[0].numpy()
-        size = sum(p.stat().st_size for p in result.out.glob("*.safetensors"))
+        size = sum(p.stat().st_size for p in result.path.glob("*.safetensors"))
         err = np.abs(got - ref)
         print(f"{len(result.converted)} BitLinear layers, not converted: {result.not_converted}; {size} bytes")
         print(f"max |diff| {err.max():.3g} ({err.max() / ref.std():.2e} std), correlation "

@@ -3,7 +3,7 @@
     PYTHONPATH=. python docs/benchmarks/recovery_runs.py --suite sst2 --model MINILM_DIR \
         --data ../shared/data --work /tmp/runs --results sst2.json --budget-s 540 [--only kd,ste]
 
-Each run is one `bitconv.recover.recover()` call (the same as one `bitconv recover` command; the options
+Each run is one `bitconv.train.recover.recover()` call (the same as one `bitconv recover` command; the options
 are printed as that command). Results (metrics, recipe, timings) are written to --results after every
 run, so a run cut off by the budget keeps what finished. A run whose predicted time does not fit in the
 remaining budget is skipped and listed as skipped.
@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from bitconv import recover as R
 from bitconv.errors import BitconvError
+from bitconv.train import recover as R
 
 SST2 = dict(task="classify", batch_size=64, epochs=3, lr=2e-4, teacher_epochs=2, teacher_lr=1e-4)
 SPAM = dict(task="classify", batch_size=32, epochs=8, lr=2e-4, teacher_epochs=4, teacher_lr=1e-4)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from bitconv import qat
-from bitconv import recover as R
-from bitconv import super_weights as sw
+from bitconv.train import qat
+from bitconv.train import recover as R
+from bitconv.train import super_weights as sw
 
 
 def main() -> None:

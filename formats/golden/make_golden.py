@@ -18,11 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bitconv.format import FilePlan, PlannedTensor, StreamingSafetensorsWriter
-from bitconv.schemes import QuantConfig, dequantize, encode, quantize
+from bitconv.format.safetensors import StreamingSafetensorsWriter
+from bitconv.format.spec import FilePlan, PlannedTensor
+from bitconv.quantize.config import QuantConfig
+from bitconv.quantize.schemes import dequantize, encode, quantize
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,7 +56,7 @@ def build(folder: Path) -> dict:
         for suffix, arr in encode(q).items():
             arrays[name + suffix] = arr
         expected[name] = {"spec": q.spec.to_json(), "values": dequantize(q).flatten().tolist()}
-    from bitconv.format import NP_TO_ST
+    from bitconv.format.vocab import NP_TO_ST
 
     plan = FilePlan("golden.safetensors",
                     [PlannedTensor(n, NP_TO_ST[a.dtype], tuple(a.shape)) for n, a in sorted(arrays.items())], specs)

@@ -1,0 +1,91 @@
+"""`bitconv recover`: the Typer command over `bitconv.train.recover.recover` (no logic here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+HELP = """Train a quantized model back to accuracy (straight-through QAT, optional distillation) and write it
+as a bitconv folder.
+
+Examples:
+
+  bitconv recover MODEL_DIR --bits 1.58 --task classify --train ../shared/data/sst2/train.tsv
+      --eval ../shared/data/sst2/validation.tsv --distill --out minilm-sst2-1.58
+
+  bitconv recover ./SmolLM2-135M-Instruct.Q4_1.gguf --bits 1.58 --task lm
+      --train ../shared/data/text/shakespeare.txt --distill --steps 2000 --out smol-1.58-recovered
+
+  torchrun --nproc_per_node 2 -m bitconv recover ...   (data parallel; gloo on CPU, NCCL on GPUs)
+"""
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("recover", help=HELP)
+    def recover_command(
+        source: Annotated[str, typer.Argument(help="Model folder, .gguf file or Hub id (full precision).")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output bitconv folder.")],
+        train: Annotated[Path, typer.Option(help="Training data: TSV/CSV of text and label (classify) or a text file (lm).")],
+        task: Annotated[str, typer.Option(help="classify (adds a classifier head where needed) or lm.")] = "classify",
+        eval: Annotated[Optional[Path], typer.Option(help="Held-out data (same format); lm default: the tail of --train.")] = None,
+        bits: Annotated[str, typer.Option(help="Target width: 1.58 (ternary), 1, 2, 4 or 8.")] = "1.58",
+        granularity: Annotated[str, typer.Option(help="Scale granularity as in convert: tensor, channel or group:N.")] = "tensor",
+        scale: Annotated[str, typer.Option(help="Scale estimator: absmean, absmax, median, mse.")] = "absmean",
+        activations: Annotated[str, typer.Option(help="none, or int8 for W1.58A8 (per-token absmax, also at inference).")] = "none",
+        keep_outliers: Annotated[float, typer.Option(help="Fraction of largest weights per tensor kept in fp16.")] = 0.0,
+        super_weights: Annotated[int, typer.Option(help="Find this many super weights on the training text; keep them in fp16.")] = 0,
+        distill: Annotated[bool, typer.Option(help="Distil from the full-precision teacher (KL on logits).")] = False,
+        teacher: Annotated[Optional[str], typer.Option(help="classify: an fp fine-tuned teacher folder (default: fine-tune one first).")] = None,
+        temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 2.0,
+        distill_weight: Annotated[float, typer.Option(help="Share of the KL term in the loss (rest: task loss).")] = 0.5,
+        hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state matching loss (0: off).")] = 0.0,
+        quant_warmup_steps: Annotated[int, typer.Option(help="Blend fp -> quantized over N steps: w = (1-l) w + l q(w).")] = 0,
+        progressive: Annotated[str, typer.Option(help="Widths trained before the target, e.g. 8,4,2.")] = "",
+        phase_steps: Annotated[int, typer.Option(help="Steps at each --progressive width.")] = 0,
+        steps: Annotated[Optional[int], typer.Option(help="Training steps (default: --epochs over the data).")] = None,
+        epochs: Annotated[float, typer.Option(help="Epochs when --steps is not given.")] = 1.0,
+        batch_size: Annotated[int, typer.Option(help="Batch size per process.")] = 32,
+        lr: Annotated[float, typer.Option(help="Peak learning rate of the latent weights.")] = 1e-4,
+        lr_warmup: Annotated[float, typer.Option(help="Fraction of steps of linear learning-rate warm-up.")] = 0.05,
+        weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+        init: Annotated[str, typer.Option(help="classify + teacher: start the student from 'teacher' or 'source'.")] = "teacher",
+        teacher_epochs: Annotated[float, typer.Option(help="Epochs of fp teacher fine-tuning (classify).")] = 1.0,
+        teacher_lr: Annotated[float, typer.Option(help="Learning rate of the fp teacher fine-tuning.")] = 5e-5,
+        max_length: Annotated[int, typer.Option(help="classify: tokens per text.")] = 128,
+        seq_len: Annotated[int, typer.Option(help="lm: tokens per training block.")] = 256,
+        eval_fraction: Annotated[float, typer.Option(help="lm without --eval: held-out tail of --train.")] = 0.05,
+        eval_tokens: Annotated[int, typer.Option(help="lm: at most this many held-out tokens are scored.")] = 200_000,
+        text_column: Annotated[Optional[str], typer.Option(help="Text column name or index (default: found).")] = None,
+        label_column: Annotated[Optional[str], typer.Option(help="Label column name or index (default: found).")] = None,
+        precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast on CUDA.")] = "fp32",
+        seed: Annotated[int, typer.Option(help="Random seed (CPU runs are deterministic).")] = 0,
+        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+        checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints (default: OUT.ckpt).")] = None,
+        save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
+        resume: Annotated[bool, typer.Option(help="Continue from the checkpoint (same options only).")] = False,
+        force: Annotated[bool, typer.Option(help="Replace an existing --out and checkpoint.")] = False,
+        progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    ) -> None:
+        from bitconv.train.recover import RecoverConfig, headline, recover
+
+        cfg = RecoverConfig(
+            task=task, bits=bits, granularity=granularity, scale_method=scale, activations=activations,
+            keep_outliers=keep_outliers, super_weights=super_weights, distill=distill, teacher=teacher,
+            temperature=temperature, distill_weight=distill_weight, hidden_weight=hidden_weight,
+            quant_warmup_steps=quant_warmup_steps, progressive=tuple(p for p in progressive.split(",") if p.strip()),
+            phase_steps=phase_steps, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, lr_warmup=lr_warmup,
+            weight_decay=weight_decay, init=init, teacher_epochs=teacher_epochs, teacher_lr=teacher_lr,
+            max_length=max_length, seq_len=seq_len, eval_fraction=eval_fraction, eval_tokens=eval_tokens,
+            precision=precision, seed=seed, text_column=text_column, label_column=label_column,
+        )
+        result = recover(source, out, train=train, eval=eval, config=cfg, device=device, checkpoint_dir=checkpoint_dir,
+                         resume=resume, force=force, save_every=save_every, progress=progress)
+        if not result.metrics:
+            return  # a data-parallel worker other than rank 0
+        m = result.metrics
+        for key in ("original", "teacher", "before", "after", "converted"):
+            if key in m:
+                typer.echo(f"{key:>9}: {headline(m[key])}")
+        typer.echo(f"wrote {result.out} (recipe and metrics in {result.out / 'recovery.json'})")

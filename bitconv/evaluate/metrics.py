@@ -1,0 +1,371 @@
+"""Quality measurements: perplexity (sliding windows), classification metrics, zero-shot classification.
+
+Every task talks to the model only through `Backend.logits` (bitconv.backends), so the same model gives the
+same numbers however it was loaded. Results are plain dicts that go into the result file (bitconv.results).
+
+Perplexity follows the standard Hugging Face sliding-window method: windows of `context` tokens that start
+every `stride` tokens; each window scores only the tokens no earlier window scored, with the rest of the
+window as context. Windows start `stride` tokens apart (at most `context - 1`, so each window's first new
+token has context). Every token of the evaluated sequence but the first (which has no context) is scored
+exactly once, and the counts are exact: `n_scored_tokens = n_tokens - 1`; bits per byte divides by the UTF-8
+bytes of exactly the text those scored tokens cover.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bitconv.data.files import Examples, TextSlice, label_ids
+from bitconv.display import task_progress
+from bitconv.errors import DataError, InternalError
+from bitconv.evaluate.backends import CAUSAL_LM, SEQUENCE_CLASSIFICATION, Backend
+
+LN2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# perplexity
+
+
+@dataclass
+class TokenizedText:
+    ids: list[int]
+    text: str  # exactly the text the ids cover
+    scored_text: str  # the text of ids[1:], whose tokens are scored
+
+
+def _encode_with_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # the Rust tokenizer directly: no length warnings, no special tokens
+        enc = backend.encode(text, add_special_tokens=False)
+        return list(enc.ids), list(enc.offsets)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def tokenize_text(tokenizer, text: str, max_tokens: int | None = None) -> TokenizedText:
+    """Token ids of `text` (no special tokens added), cut to `max_tokens`, with the text they cover.
+
+    With `max_tokens`, only a prefix of the text is tokenized (grown until it yields enough tokens, cut at a
+    line end); tokens far from a cut do not depend on where the cut is, and a margin keeps the kept ones far.
+    """
+    margin = 64
+    chars = len(text) if max_tokens is None else min(len(text), 8 * (max_tokens + margin))
+    while True:
+        cut = len(text) if chars >= len(text) else (text.find("\n", chars) + 1 or len(text))
+        ids, offsets = _encode_with_offsets(tokenizer, text[:cut])
+        if max_tokens is None or cut >= len(text) or len(ids) >= max_tokens + margin:
+            break
+        chars *= 2
+    if max_tokens is not None and len(ids) > max_tokens:
+        ids, offsets = ids[:max_tokens], offsets[:max_tokens]
+    if len(ids) < 2:
+        raise DataError(f"the text gives {len(ids)} token(s); perplexity needs at least 2")
+    end = max(e for _, e in offsets)
+    return TokenizedText(ids, text[:end], text[offsets[0][1]:end])
+
+
+def sliding_windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window over a sequence of n_tokens.
+
+    Window tokens [begin, end) go in; positions [first_scored, end) are scored (position 0 never is).
+    Windows start `stride` tokens apart, but at most `context - 1`: consecutive windows then share at least
+    one token, so the first new token of a window has context and every token after the first is scored.
+    """
+    windows, prev_end, begin = [], 0, 0
+    while True:
+        end = min(begin + context, n_tokens)
+        windows.append((begin, end, max(prev_end, 1)))
+        prev_end = end
+        if end == n_tokens:
+            return windows
+        begin = min(begin + stride, end - 1)
+
+
+def check_context(backend: Backend, context: int, what: str = "--context") -> None:
+    limit = backend.max_positions
+    if context < 2:
+        raise DataError(f"{what} {context}: must be at least 2 tokens")
+    if limit is not None and context > limit:
+        raise DataError(f"{what} {context} is longer than the model's maximum of {limit} positions "
+                           f"({backend.source}, config.json); pass {what} {limit} or less")
+
+
+def perplexity(backend: Backend, data: TextSlice, context: int = 512, stride: int | None = None,
+               max_tokens: int | None = None, batch_size: int = 1, progress: bool = True) -> dict:
+    """Perplexity and bits per byte of a causal LM over a text slice (see the module docstring)."""
+    if backend.kind != CAUSAL_LM:
+        raise DataError(f"{backend.source}: perplexity needs a causal language model, this is a "
+                           f"{backend.architecture}; use --task classify for classifiers")
+    check_context(backend, context)
+    stride = stride or context
+    if not 1 <= stride <= context:
+        raise DataError(f"--stride {stride}: must be between 1 and --context ({context})")
+    if max_tokens is not None and max_tokens < 2:
+        raise DataError(f"--max-tokens {max_tokens}: must be at least 2")
+    tok = tokenize_text(backend.tokenizer, data.text, max_tokens)
+    ids = torch.tensor(tok.ids, dtype=torch.long)
+    windows = sliding_windows(len(ids), context, stride)
+    nll_nats = 0.0
+    n_scored = 0
+    # full windows share one length, so they batch; the last (shorter) window goes alone
+    groups: list[list[tuple[int, int, int]]] = []
+    for w in windows:
+        if groups and len(groups[-1]) < batch_size and (w[1] - w[0]) == (groups[-1][0][1] - groups[-1][0][0]):
+            groups[-1].append(w)
+        else:
+            groups.append([w])
+    with task_progress("perplexity", total=len(windows), enabled=progress) as advance:
+        for group in groups:
+            batch = torch.stack([ids[b:e] for b, e, _ in group])
+            logits = backend.logits(batch)
+            for row, (b, e, first) in enumerate(group):
+                # logits at position p predict token p + 1
+                pred = logits[row, first - b - 1:e - b - 1]
+                target = ids[first:e]
+                nll_nats += F.cross_entropy(pred, target, reduction="sum").double().item()
+                n_scored += e - first
+                advance(f"{n_scored} tokens")
+    if n_scored != len(ids) - 1:
+        raise InternalError(f"scored {n_scored} tokens of {len(ids)}")
+    n_bytes = len(tok.scored_text.encode("utf-8"))
+    mean_nll = nll_nats / n_scored
+    return {
+        "perplexity": math.exp(mean_nll) if mean_nll < 700 else math.inf,  # inf/nan are written as null
+        "mean_nll_nats": mean_nll,
+        "bits_per_token": mean_nll / LN2,
+        "bits_per_byte": nll_nats / LN2 / n_bytes,
+        "total_nll_nats": nll_nats,
+        "n_tokens": len(ids),
+        "n_scored_tokens": n_scored,
+        "n_scored_bytes": n_bytes,
+        "n_windows": len(windows),
+        "context": context,
+        "stride": stride,
+        "effective_stride": min(stride, context - 1),
+        "evaluated_chars": [data.start_char, data.start_char + len(tok.text)],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# classification
+
+
+def classification_metrics(y_true: list[int], y_pred: list[int], class_names: dict[int, str]) -> dict:
+    """Accuracy, per-class and macro precision/recall/F1, and the confusion matrix (rows true, columns predicted).
+
+    Macro averages are over every class of the model; a class never predicted has precision 0, one absent from
+    the data has recall 0 and is listed with support 0.
+    """
+    classes = sorted(class_names)
+    index = {c: i for i, c in enumerate(classes)}
+    matrix = [[0] * len(classes) for _ in classes]
+    for t, p in zip(y_true, y_pred):
+        matrix[index[t]][index[p]] += 1
+    per_class = {}
+    for c in classes:
+        i = index[c]
+        tp = matrix[i][i]
+        predicted = sum(row[i] for row in matrix)
+        support = sum(matrix[i])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[class_names[c]] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    n = len(y_true)
+    majority = max(sum(row) for row in matrix) / n if n else 0.0
+    return {
+        "accuracy": sum(matrix[i][i] for i in range(len(classes))) / n if n else 0.0,
+        "macro_precision": sum(v["precision"] for v in per_class.values()) / len(classes),
+        "macro_recall": sum(v["recall"] for v in per_class.values()) / len(classes),
+        "macro_f1": sum(v["f1"] for v in per_class.values()) / len(classes),
+        "per_class": per_class,
+        "confusion_matrix": {"labels": [class_names[c] for c in classes], "rows_true_columns_predicted": matrix},
+        "majority_class_rate": majority,
+        "n_examples": n,
+    }
+
+
+def _max_length(backend: Backend) -> int:
+    limits = [backend.max_positions or 512, getattr(backend.tokenizer, "model_max_length", None) or 512]
+    return min(x for x in limits if x > 0)
+
+
+def classify(backend: Backend, examples: Examples, label_map: dict[str, int] | None = None,
+             batch_size: int = 32, progress: bool = True) -> dict:
+    """Predictions of a sequence-classification model against the labels of `examples`."""
+    if backend.kind != SEQUENCE_CLASSIFICATION:
+        hint = " pass --labels and --template for zero-shot classification" if backend.kind == CAUSAL_LM else ""
+        raise DataError(f"{backend.source}: a {backend.architecture} is not a sequence-classification model;{hint}")
+    id2label = backend.id2label()
+    if not id2label:
+        raise DataError(f"{backend.source}: config.json has no id2label; pass --label-map NAME=ID,...")
+    y_true = label_ids(examples.labels, id2label, label_map, examples.path)
+    tokenizer = backend.tokenizer
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # GPT-2 style tokenizers have no pad token; batches are padded with EOS, masked out by attention_mask
+        tokenizer.pad_token = tokenizer.eos_token
+    if backend.module is not None and getattr(backend.config, "pad_token_id", None) is None:
+        # sequence classifiers over causal models find each row's last token through pad_token_id
+        backend.config.pad_token_id = tokenizer.pad_token_id
+    max_length = _max_length(backend)
+    # longest first, so each batch pads little and the order (hence the result) is fixed
+    order = sorted(range(len(examples.texts)), key=lambda i: (-len(examples.texts[i]), i))
+    y_pred = [0] * len(order)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    with task_progress("classify", total=len(batches), enabled=progress) as advance:
+        for batch in batches:
+            enc = tokenizer([examples.texts[i] for i in batch], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+            logits = backend.logits(enc["input_ids"], enc["attention_mask"])
+            if logits.shape[-1] != len(id2label):
+                raise DataError(f"{backend.source}: the model gives {logits.shape[-1]} scores, config.json names "
+                                   f"{len(id2label)} labels")
+            for i, p in zip(batch, logits.argmax(-1).tolist()):
+                y_pred[i] = sorted(id2label)[p]
+            advance()
+    return {"mode": "sequence-classification", **classification_metrics(y_true, y_pred, id2label)}
+
+
+def zero_shot(backend: Backend, examples: Examples, labels: list[str], template: str,
+              label_map: dict[str, int] | None = None, progress: bool = True) -> dict:
+    """Zero-shot classification with a causal LM: the label word with the highest log-probability wins.
+
+    The prompt is `template` with `{text}` replaced; each label is scored as the continuation " label" (no
+    space added when the prompt already ends in whitespace): the sum of its tokens' log-probabilities.
+    """
+    if backend.kind != CAUSAL_LM:
+        raise DataError(f"{backend.source}: zero-shot classification (--labels) needs a causal language model, "
+                           f"this is a {backend.architecture}")
+    labels = [x.strip() for x in labels if x.strip()]
+    if len(labels) < 2:
+        raise DataError("--labels needs at least two comma-separated label words, e.g. negative,positive")
+    if "{text}" not in template:
+        raise DataError(f"--template {template!r} has no {{text}} placeholder")
+    id2label = dict(enumerate(labels))
+    y_true = label_ids(examples.labels, id2label, label_map, examples.path, what="--labels")
+    tokenizer = backend.tokenizer
+    limit = _max_length(backend)
+    y_pred = []
+    with task_progress("zero-shot", total=len(examples.texts), enabled=progress) as advance:
+        for text in examples.texts:
+            prompt = template.replace("{text}", text)
+            sep = "" if prompt[-1:].isspace() else " "
+            ctx = _encode_with_offsets(tokenizer, prompt)[0]
+            conts = [_encode_with_offsets(tokenizer, sep + label)[0] for label in labels]
+            longest = max(len(c) for c in conts)
+            ctx = ctx[-(limit - longest):]  # keep the end of an over-long prompt
+            seqs = [ctx + c for c in conts]
+            width = max(len(s) for s in seqs)
+            ids = torch.zeros(len(seqs), width, dtype=torch.long)
+            mask = torch.zeros(len(seqs), width, dtype=torch.long)
+            for r, s in enumerate(seqs):
+                ids[r, :len(s)] = torch.tensor(s)
+                mask[r, :len(s)] = 1
+            logprobs = torch.log_softmax(backend.logits(ids, mask), dim=-1)
+            scores = []
+            for r, c in enumerate(conts):
+                positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c))
+                scores.append(logprobs[r, positions, torch.tensor(c)].sum().item())
+            y_pred.append(max(range(len(labels)), key=lambda i: (scores[i], -i)))
+            advance()
+    return {"mode": "zero-shot", "labels": labels, "template": template,
+            **classification_metrics(y_true, y_pred, id2label)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one evaluation run: data -> model -> task -> cost -> result (bitconv.results)
+
+TASKS = ("perplexity", "classify")
+
+
+def _model_info(backend: Backend) -> dict:
+    from bitconv.format.vocab import BITS_TO_SCHEME
+
+    qc = backend.quantization_config or None
+    bits = qc.get("bits") if qc else None
+    return {"source": backend.source, "runtime": backend.runtime, "origin": backend.origin,
+            "architecture": backend.architecture, "kind": backend.kind, "quantization_config": qc,
+            "bits": bits, "scheme": BITS_TO_SCHEME.get(float(bits)) if bits is not None else None}
+
+
+def _cost(backend: Backend, latency_ids: torch.Tensor | None, latency_mask: torch.Tensor | None, repeats: int) -> dict:
+    from bitconv.evaluate import cost
+    from bitconv.format.reader import is_bitconv_folder
+
+    folder = Path(backend.source).expanduser()
+    result = {"disk": cost.disk_bytes(backend),
+              "weights_in_memory": cost.weight_memory(backend.module) if backend.module is not None else None,
+              "weights_in_file": cost.file_weight_bytes(folder) if backend.origin == "bitconv" and
+              is_bitconv_folder(folder) else None,
+              "latency": None}
+    if repeats > 0 and latency_ids is not None:
+        result["latency"] = cost.latency(backend, latency_ids, latency_mask, repeats=repeats)
+    result["peak_rss_bytes"] = cost.peak_rss_bytes()
+    return result
+
+
+def evaluate_model(model: str, task: str, data: str, *, name: str | None = None, context: int = 512,
+                   stride: int | None = None, start_fraction: float = 0.0, end_fraction: float = 1.0,
+                   max_tokens: int | None = None, batch_size: int | None = None, text_column: str = "sentence",
+                   label_column: str = "label", header: bool | None = None, delimiter: str | None = None,
+                   label_map: str | None = None, labels: str | None = None, template: str | None = None,
+                   max_examples: int | None = None, latency_repeats: int = 5, latency_tokens: int = 128,
+                   progress: bool = True, backend: Backend | None = None) -> dict:
+    """Evaluate `model` on `task` with `data`; returns a result (bitconv.results schema).
+
+    The data are read and checked before the model is loaded, so bad input fails fast. `backend` lets a
+    caller that already opened the model (compare, benchmarks) reuse it.
+    """
+    from bitconv.data.files import parse_label_map, read_examples, text_slice
+    from bitconv.evaluate.backends import open_backend
+    from bitconv.evaluate.results import new_result
+
+    start = time.perf_counter()
+    if task not in TASKS:
+        raise DataError(f"unknown --task {task!r}: choose {' or '.join(TASKS)}")
+    if latency_repeats < 0:
+        raise DataError(f"--latency-repeats {latency_repeats}: must be 0 (off) or more")
+    if task == "perplexity":
+        data_slice = text_slice(data, start_fraction, end_fraction)
+        task_info = {"name": task, "data": str(data), "data_sha256": data_slice.file_sha256,
+                     "start_fraction": start_fraction, "end_fraction": end_fraction,
+                     "slice_chars": [data_slice.start_char, data_slice.end_char], "file_chars": data_slice.file_chars,
+                     "max_tokens": max_tokens, "context": context, "stride": stride or context,
+                     "batch_size": batch_size or 1}
+    else:
+        examples = read_examples(data, text_column, label_column, header, delimiter, max_examples)
+        mapping = parse_label_map(label_map)
+        if labels is not None and (template is None or "{text}" not in template):
+            raise DataError("--labels needs --template with a {text} placeholder, "
+                               "e.g. --template \"Review: {text}\\nSentiment:\"")
+        task_info = {"name": task, "data": str(data), "data_sha256": examples.file_sha256,
+                     "text_column": examples.text_column, "label_column": examples.label_column,
+                     "header": examples.header, "n_examples": len(examples.texts), "max_examples": max_examples,
+                     "label_map": mapping, "labels": labels, "template": template}
+    backend = backend or open_backend(model)
+    result = new_result(name or Path(str(model).rstrip("/")).name, _model_info(backend), task_info)
+    lat_ids = lat_mask = None
+    if task == "perplexity":
+        result["metrics"] = perplexity(backend, data_slice, context, stride, max_tokens, batch_size or 1, progress)
+        n = min(latency_tokens, context)
+        lat_ids = torch.tensor([tokenize_text(backend.tokenizer, data_slice.text, n).ids])
+    else:
+        if labels is not None:
+            # the shell passes "\n" as two characters; templates mean a newline
+            tmpl = template.replace("\\n", "\n").replace("\\t", "\t")
+            result["metrics"] = zero_shot(backend, examples, labels.split(","), tmpl, mapping, progress)
+        else:
+            result["metrics"] = classify(backend, examples, mapping, batch_size or 32, progress)
+        enc = backend.tokenizer([examples.texts[0]], truncation=True, max_length=_max_length(backend),
+                                return_tensors="pt")
+        lat_ids, lat_mask = enc["input_ids"], enc["attention_mask"]
+    result["cost"] = _cost(backend, lat_ids, lat_mask, latency_repeats)
+    result["seconds"] = time.perf_counter() - start
+    return result

@@ -1,0 +1,259 @@
+"""bitconv.train.recover: QAT end to end on tiny models (CPU, a few steps), checkpoints, resume, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import bitconv
+from bitconv.errors import BitconvError
+from bitconv.format.reader import PackedReader
+from bitconv.train import recover as R
+
+WORDS = ["the", "movie", "was", "is", "not", "good", "great", "fun", "bad", "awful", "boring", "plot", "actors"]
+POSITIVE, NEGATIVE = ["good", "great", "fun"], ["bad", "awful", "boring"]
+
+
+def _tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(str(folder / "vocab.txt"))
+    tok.save_pretrained(str(folder))
+    return tok
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory) -> Path:
+    """A sentence-transformers-like BertModel (no classifier head) with a word-level tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("recover") / "bert"
+    tok = _tokenizer(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32)
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("recover") / "llama"
+    tok = _tokenizer(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         tie_word_embeddings=True, pad_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    return folder
+
+
+def _sentiment_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        word = rng.choice(POSITIVE if label else NEGATIVE)
+        rows.append((f"the {rng.choice(['movie', 'plot', 'actors'])} was {word}", str(label)))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("data")
+    paths = []
+    for name, n, seed in (("train.tsv", 160, 1), ("val.tsv", 40, 2)):
+        path = folder / name
+        path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in _sentiment_rows(n, seed)))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    rng = random.Random(3)
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(120)) + "\n")
+    return path
+
+
+def _classify(bert_dir, sentiment, out, **kwargs):
+    options = dict(task="classify", steps=12, batch_size=16, lr=3e-3)
+    options.update(kwargs.pop("options", {}))
+    cfg = R.RecoverConfig(**options)
+    kwargs.setdefault("device", "cpu")
+    return R.recover(str(bert_dir), out, train=sentiment[0], eval=sentiment[1], config=cfg, progress=False, **kwargs)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_classify_adds_a_head_learns_and_converts_exactly(bert_dir, sentiment, tmp_path):
+    result = _classify(bert_dir, sentiment, tmp_path / "out", options={"steps": 40})
+    m = result.metrics
+    assert m["after"]["accuracy"] >= 0.9 > m["before"]["accuracy"]  # the toy task is learnt in ternary
+    # the folder computes what the last training step computed (fp16 embeddings are the only difference)
+    assert m["converted"]["accuracy"] == m["after"]["accuracy"]
+    model = bitconv.load(tmp_path / "out")
+    assert type(model).__name__ == "BertForSequenceClassification"
+    assert model.config.id2label == {0: "0", 1: "1"}
+    packed = {n for n, mod in model.named_modules() if type(mod).__name__ == "PackedLinear"}
+    assert len(packed) == m["n_quantized_tensors"] == 12  # 6 projections x 2 blocks; pooler and head stay fp16
+    qc = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    assert qc["source"] == "bert" and qc["bits"] == 1.58  # the source folder's name, as convert records it
+    record = json.loads((tmp_path / "out" / "recovery.json").read_text())
+    assert record["recipe"]["task"] == "classify" and record["metrics"]["steps"] == 40
+
+
+def test_distillation_trains_a_teacher_first_and_starts_from_it(bert_dir, sentiment, tmp_path):
+    result = _classify(bert_dir, sentiment, tmp_path / "out",
+                       options={"distill": True, "teacher_epochs": 3, "teacher_lr": 3e-3, "hidden_weight": 0.5,
+                                "quant_warmup_steps": 4})
+    assert result.metrics["teacher"]["accuracy"] > 0.8
+    assert (tmp_path / "out.ckpt" / "teacher" / "config.json").exists()
+    # the student starts from the fine-tuned teacher, so even before QAT it is better than chance
+    assert result.metrics["before"]["n_eval"] == 40
+
+
+def test_lm_distillation_with_super_weights_and_int8_activations(llama_dir, text_file, tmp_path):
+    cfg = R.RecoverConfig(task="lm", steps=10, batch_size=4, seq_len=16, lr=3e-3, distill=True, super_weights=2,
+                          activations="int8", progressive=(8, 4), phase_steps=2)
+    result = R.recover(str(llama_dir), tmp_path / "out", train=text_file, config=cfg, device="cpu", progress=False)
+    m = result.metrics
+    assert m["after"]["perplexity"] < m["before"]["perplexity"]
+    assert m["converted"]["nll"] == pytest.approx(m["after"]["nll"], rel=1e-4)
+    assert len(m["super_weights"]) == 2 and all("down_proj" in sw["tensor"] for sw in m["super_weights"])
+    reader = PackedReader(tmp_path / "out")
+    kept = {sw["tensor"] for sw in m["super_weights"]}
+    for name in kept:
+        spec = reader.specs[name]
+        idx = reader.raw(name + ".outlier_idx")
+        wanted = sorted(sw["row"] * spec.shape[1] + sw["col"] for sw in m["super_weights"] if sw["tensor"] == name)
+        assert idx.tolist() == wanted
+    model = bitconv.load(tmp_path / "out")
+    assert any(getattr(mod, "activations", None) == "int8" for mod in model.modules())
+
+
+def test_same_seed_same_bytes_on_cpu(bert_dir, sentiment, tmp_path):
+    for name in ("a", "b"):
+        _classify(bert_dir, sentiment, tmp_path / name)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+
+
+def test_resume_continues_to_the_same_result(bert_dir, sentiment, tmp_path, monkeypatch):
+    _classify(bert_dir, sentiment, tmp_path / "full")
+    real = R._step_loss
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 7:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(R, "_step_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _classify(bert_dir, sentiment, tmp_path / "resumed", save_every=5)
+    assert torch.load(tmp_path / "resumed.ckpt" / "state.pt", weights_only=False)["step"] == 5
+    monkeypatch.setattr(R, "_step_loss", real)
+    with pytest.raises(BitconvError, match="pass --resume"):
+        _classify(bert_dir, sentiment, tmp_path / "resumed", save_every=5)
+    with pytest.raises(BitconvError, match=r"different configuration \(differs in: lr\)"):
+        _classify(bert_dir, sentiment, tmp_path / "resumed", save_every=5, resume=True, options={"lr": 1e-3})
+    _classify(bert_dir, sentiment, tmp_path / "resumed", save_every=5, resume=True)
+    assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == (tmp_path / "full" / "model.safetensors").read_bytes()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(bert_dir, sentiment, tmp_path, monkeypatch):
+    real = R._step_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss, n = real(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] == 7 else loss), n
+
+    monkeypatch.setattr(R, "_step_loss", poisoned)
+    with pytest.raises(BitconvError, match=r"training diverged at step 7 \(loss nan\).*step 4\) is kept") as err:
+        _classify(bert_dir, sentiment, tmp_path / "out", save_every=4)
+    assert "\n" not in str(err.value)
+    assert torch.load(tmp_path / "out.ckpt" / "state.pt", weights_only=False)["step"] == 4
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_inputs_fail_in_one_line(bert_dir, sentiment, tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tscore\tlabel\nthe movie\t3\n")
+    with pytest.raises(BitconvError, match=r"bad.tsv: line 2 has 2 column\(s\)"):
+        _classify(bert_dir, (bad, sentiment[1]), tmp_path / "o1")
+    other = tmp_path / "other.tsv"
+    other.write_text("sentence\tlabel\nthe movie was good\tpositive\n")
+    with pytest.raises(BitconvError, match=r"other.tsv: label 'positive' \(example 1\) is not in the training file's labels \(0, 1\)"):
+        _classify(bert_dir, (sentiment[0], other), tmp_path / "o2")
+    with pytest.raises(BitconvError, match="recover trains 1.58, 1, 2, 4 or 8 bits"):
+        R.RecoverConfig(bits=16)
+    with pytest.raises(BitconvError, match="unknown --bits"):
+        R.RecoverConfig(bits=3)
+    if not torch.cuda.is_available():
+        with pytest.raises(BitconvError, match="no CUDA GPU is visible"):
+            _classify(bert_dir, sentiment, tmp_path / "o3", device="cuda")
+    with pytest.raises(BitconvError, match="needs --eval"):
+        R.recover(str(bert_dir), tmp_path / "o4", train=sentiment[0], config=R.RecoverConfig(), device="cpu")
+    bitconv.convert(bert_dir, tmp_path / "packed", progress=False)
+    with pytest.raises(BitconvError, match=r"packed is already a bitconv folder.*\(bert\): pass that instead"):
+        _classify(tmp_path / "packed", sentiment, tmp_path / "o5")
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(BitconvError, match="already exists; pass --force"):
+        _classify(bert_dir, sentiment, tmp_path / "exists")
+
+
+def test_quant_schedule_phases():
+    cfg = R.RecoverConfig(progressive=(8, 4, 2), phase_steps=10, quant_warmup_steps=20)
+    assert [R.quant_phase(cfg, s)[0] for s in (0, 9, 10, 25, 30, 100)] == [8.0, 8.0, 4.0, 2.0, 1.58, 1.58]
+    assert [R.quant_phase(cfg, s)[1] for s in (0, 10, 20, 50)] == [0.0, 0.5, 1.0, 1.0]
+    with pytest.raises(BitconvError, match="--phase-steps"):
+        R.RecoverConfig(progressive=(8,))
+
+
+def test_distillation_kl_is_zero_for_equal_logits_and_positive_otherwise():
+    a = torch.randn(4, 7)
+    assert R.distillation_kl(a, a, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert R.distillation_kl(a, torch.randn(4, 7), 2.0).item() > 0
+
+
+@pytest.mark.slow
+def test_data_parallel_torchrun_two_cpu_processes(bert_dir, sentiment, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import sys\nfrom bitconv.train import recover as R\n"
+        "cfg = R.RecoverConfig(task='classify', steps=6, batch_size=8, lr=3e-3)\n"
+        f"r = R.recover({str(bert_dir)!r}, {str(tmp_path / 'out')!r}, train={str(sentiment[0])!r}, "
+        f"eval={str(sentiment[1])!r}, config=cfg, device='cpu', progress=False)\n"
+        "print('RESULT', R.headline(r.metrics['converted']) if r.metrics else 'worker')\n"
+    )
+    import socket
+
+    with socket.socket() as sock:  # a free port on loopback for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(Path(bitconv.__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("RESULT accuracy") == 1 and proc.stdout.count("RESULT worker") == 1
+    record = json.loads((tmp_path / "out" / "recovery.json").read_text())
+    assert record["metrics"]["batch_size"] == 16  # 8 per process x 2 processes
