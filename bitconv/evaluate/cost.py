@@ -104,10 +104,10 @@ def quantization_errors(source, folder: Path) -> list[dict]:
     `source` is a bitconv.quantize.source.Source of the original checkpoint; W_q is decoded from the packed file (a
     weight stored as float16, as with --bits 16, is compared as stored).
     """
-    from bitconv.format.reader import PackedReader
+    from bitconv.format.reader import open_bitconv_folder
     from bitconv.quantize.schemes import decode, dequantize
 
-    reader = PackedReader(folder)
+    _, reader = open_bitconv_folder(folder)
     names = set(source.names())
     rows = []
     plain = [n for n in reader.plain_names() if category_of(n, None, len(reader.locations[n][1]["shape"])) == "linear"]

@@ -31,7 +31,7 @@ from bitconv.errors import ExportError
 from bitconv.export import ExportResult
 from bitconv.format.atomic import check_output, staged_file
 from bitconv.format.layouts import QK_K, TQ_ENCODERS
-from bitconv.format.reader import PackedReader, read_bitconv_config
+from bitconv.format.reader import PackedReader, open_bitconv_folder
 from bitconv.format.spec import TensorSpec
 
 SUPPORTED = ("llama", "gpt2")
@@ -74,6 +74,9 @@ def block_scales_for(spec: TensorSpec, scale: np.ndarray) -> np.ndarray | None:
 
 def _llama_rope_permutation(n_rows: int, n_heads: int) -> np.ndarray:
     """Row order llama.cpp's LLAMA graph expects for q/k: HF's rotate-half halves become interleaved pairs."""
+    if n_rows % (2 * n_heads):
+        raise ExportError(f"{n_rows} rows do not split into {n_heads} RoPE heads of an even size; config.json's "
+                          "head counts do not match the weights: re-convert the model")
     head_dim = n_rows // n_heads
     return np.arange(n_rows).reshape(n_heads, 2, head_dim // 2).swapaxes(1, 2).reshape(-1)
 
@@ -97,6 +100,20 @@ def _rope_theta(config: dict) -> float:
         raise ExportError(f"the model uses RoPE scaling '{rope_type}', which this GGUF export does not write; "
                            "only plain RoPE models can be exported")
     return float(params.get("rope_theta") or config.get("rope_theta") or 10000.0)
+
+
+HPARAMS = {"llama": (("num_attention_heads",), ("hidden_size",), ("num_hidden_layers",), ("intermediate_size",),
+                    ("vocab_size",)),
+           "gpt2": (("n_head", "num_attention_heads"), ("n_embd", "hidden_size"), ("n_layer", "num_hidden_layers"),
+                    ("vocab_size",))}
+
+
+def _check_hparams(folder: Path, arch: str, config: dict) -> None:
+    """The sizes the GGUF header needs are in config.json (open_bitconv_folder checked their values against the
+    tensors), so a missing one is a one-line error before anything is written."""
+    for keys in HPARAMS[arch]:
+        if not any(config.get(k) for k in keys):
+            raise ExportError(f"{folder / 'config.json'}: no {keys[0]}, which the GGUF header needs; re-convert the model")
 
 
 def _write_hparams(writer, arch: str, config: dict) -> None:
@@ -230,12 +247,12 @@ def export_gguf(folder: Path | str, out: Path | str, *, ggml_type: str = "tq2_0"
     ggml_type = ggml_type.lower()
     if ggml_type not in TQ_ENCODERS:
         raise ExportError(f"unknown --type {ggml_type!r}: use tq2_0 (2.06 bits/weight) or tq1_0 (1.69 bits/weight)")
-    config = read_bitconv_config(folder)
+    config, reader = open_bitconv_folder(folder)
     arch = config.get("model_type")
     if arch not in SUPPORTED:
         raise ExportError(f"{folder}: model type {arch!r} has no GGUF export; supported: {', '.join(SUPPORTED)}")
+    _check_hparams(folder, arch, config)
     check_output(out, force=force, inputs=[folder], option="--gguf")
-    reader = PackedReader(folder)
     if not any(s.scheme in TERNARY_LIKE for s in reader.specs.values()):
         raise ExportError(f"{folder}: no ternary or binary weights; the GGUF export writes TQ types: "
                            "convert with --bits 1.58")

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv.errors import ExportError
+from bitconv.errors import ExportError, FormatError
 from bitconv.export import ExportResult
 from bitconv.format.atomic import check_output, staged_folder
 from bitconv.format.layouts import HF_BITNET_VALUES_PER_BYTE as VALUES_PER_BYTE
 from bitconv.format.layouts import pack_output_dim
-from bitconv.format.reader import PackedReader, read_bitconv_config
+from bitconv.format.reader import open_bitconv_folder
 from bitconv.format.vocab import SIDE_FILES
 
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
@@ -45,7 +45,7 @@ class HFBitNetExportResult(ExportResult):  # fallbacks: module name -> why it st
     activation_note: str = ""
 
 
-def _meta_model(config: dict):
+def _meta_model(folder: Path, config: dict):
     """The model skeleton on the meta device (no memory), to see which weights belong to nn.Linear modules."""
     import torch
     from transformers import AutoConfig
@@ -53,9 +53,17 @@ def _meta_model(config: dict):
     from bitconv.quantize.source import model_class_for
 
     plain = {k: v for k, v in config.items() if k != "quantization_config"}
-    hf_config = AutoConfig.for_model(**plain)
-    with torch.device("meta"):
-        return model_class_for(hf_config, default="AutoModelForCausalLM")(hf_config)
+    try:
+        hf_config = AutoConfig.for_model(**plain)
+    except Exception as exc:  # transformers raises ValueError, KeyError, TypeError ... for configs it cannot read
+        raise FormatError(f"{folder / 'config.json'}: transformers cannot read it ({str(exc).splitlines()[0]})") from None
+    cls = model_class_for(hf_config, default="AutoModelForCausalLM", error=FormatError)
+    try:
+        with torch.device("meta"):
+            return cls(hf_config)
+    except Exception as exc:
+        raise FormatError(f"{folder / 'config.json'}: transformers cannot build {cls.__name__} from it "
+                          f"({str(exc).splitlines()[0]}); re-convert the model") from None
 
 
 def _fit_problem(spec, out_rows: int) -> str:
@@ -82,11 +90,10 @@ def export_hf_bitnet(folder: Path | str, out: Path | str, *, linear_class: str =
     folder, out = Path(folder), Path(out)
     if linear_class not in LINEAR_CLASSES:
         raise ExportError(f"unknown linear class {linear_class!r}: use {' or '.join(LINEAR_CLASSES)}")
-    config = read_bitconv_config(folder)
+    config, reader = open_bitconv_folder(folder)
     qc = config["quantization_config"]
     check_output(out, force=force, inputs=[folder], option="--hf-bitnet")
-    reader = PackedReader(folder)
-    model = _meta_model(config)
+    model = _meta_model(folder, config)
     modules = dict(model.named_modules())
     linear_names = sorted(n for n, m in modules.items() if isinstance(m, nn.Linear))
 

@@ -36,7 +36,7 @@ from bitconv.errors import ExportError, OutputError
 from bitconv.export import ExportResult
 from bitconv.format.atomic import check_output
 from bitconv.format.layouts import matmulnbits_block_size, matmulnbits_weights
-from bitconv.format.reader import PackedReader
+from bitconv.format.reader import PackedReader, open_bitconv_folder
 from bitconv.format.spec import TensorSpec
 from bitconv.format.vocab import SIDE_FILES, SUFFIX_CODES, SUFFIX_OUTLIER_IDX, SUFFIX_OUTLIER_VAL, SUFFIX_SCALE
 
@@ -168,10 +168,9 @@ class _Quantized:
     weight: np.ndarray  # dequantized float32 [out, in], as load(dequantize=True) builds it
 
 
-def _quantized_weights(folder: Path) -> list[_Quantized]:
+def _quantized_weights(reader: PackedReader) -> list[_Quantized]:
     from bitconv.quantize.schemes import decode, dequantize
 
-    reader = PackedReader(folder)
     result = []
     for name, spec in sorted(reader.specs.items()):
         arrays = reader.quantized_arrays(name)
@@ -454,19 +453,19 @@ def export_onnx(folder: str | os.PathLike, onnx_path: str | os.PathLike, *, forc
     """Export a bitconv folder to ONNX; see the module docstring for targets, inputs and outputs."""
     import onnx
 
-    from bitconv.format.reader import read_quantization_config
     from bitconv.quantize.modeling import load
 
     _check_target(target)
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ExportError(f"{folder}: not a folder; pass a bitconv output folder (bitconv convert ... --out DIR)")
-    qc = read_quantization_config(folder)
+    config, reader = open_bitconv_folder(folder)
+    qc = config["quantization_config"]
     onnx_path = Path(onnx_path).expanduser()
     if onnx_path.suffix != ".onnx":
         raise OutputError(f"{onnx_path}: the output name must end in .onnx")
     check_output(onnx_path, force=force, inputs=[folder], option="--onnx")
-    quantized = _quantized_weights(folder)
+    quantized = _quantized_weights(reader)
     _check_supported(quantized, target)
     act_quant = qc.get("activations") == "int8"
 

@@ -8,16 +8,19 @@ produced: the model is never held in memory whole. Files are written under a tem
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 import struct
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 import numpy as np
 
 from bitconv.errors import FormatError, InternalError
+from bitconv.format import strict_json
 from bitconv.format.spec import FilePlan, PlannedTensor, file_metadata
-from bitconv.format.vocab import NP_TO_ST
+from bitconv.format.vocab import NP_TO_ST, ST_ITEMSIZE
 
 
 class StreamingSafetensorsWriter:
@@ -73,29 +76,151 @@ class StreamingSafetensorsWriter:
         self.tmp_path.unlink(missing_ok=True)
 
 
-def read_safetensors_header(path: Path) -> tuple[dict, int]:
-    """Returns (header without __metadata__ merged in, data start). Checks the file is not truncated."""
+MAX_HEADER_BYTES = 100_000_000  # as the safetensors crate
+MAX_DIMS = 8
+
+
+def open_regular(path: str | os.PathLike, *, fix: str = "re-download or re-convert it") -> BinaryIO:
+    """`path` opened for reading, after checking it is a regular file.
+
+    A FIFO named like a model file would block `open` (until a writer comes) and every read: it is refused from
+    `stat` first, and the file is opened without blocking and checked again, so a swap in between cannot hang us.
+    """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise FormatError(f"{path}: not a safetensors file (shorter than 8 bytes); re-download or re-convert it")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100_000_000:
-                raise FormatError(f"{path}: corrupt safetensors header (length {n} for a {size}-byte file); re-download it")
-            header = json.loads(fh.read(n))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FormatError(f"{path}: corrupt safetensors header (not JSON); re-download or re-convert it") from None
-    data_start = 8 + n
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if data_start + end > size:
-        raise FormatError(
-            f"{path}: truncated ({size} bytes, the header needs {data_start + end}); re-download or re-convert it"
-        )
-    return header, data_start
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise FormatError(f"{path}: not a regular file (a FIFO, a device or a folder); {fix}")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise FormatError(f"{path}: missing; {fix}") from None
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FormatError(f"{path}: not a regular file (a FIFO, a device or a folder); {fix}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
+
+def read_json_file(path: str | os.PathLike, *, fix: str, max_bytes: int = MAX_HEADER_BYTES):
+    """A JSON file (config.json, an index) read by the strict rules of bitconv.format.strict_json."""
+    path = Path(path)
+    with open_regular(path, fix=fix) as fh:
+        raw = fh.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise FormatError(f"{path}: larger than {max_bytes:,} bytes, too large for a JSON file of a model; {fix}")
+    try:
+        return strict_json.loads(raw)
+    except strict_json.StrictJSONError as exc:
+        raise FormatError(f"{path}: not valid JSON ({exc}); {fix}") from None
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """The header of a safetensors file and where its data start, after every check of formats/SPEC.md
+    "Validation" on the file and its header (as strict as the safetensors crate).
+
+    Each tensor's entry is returned as {"dtype", "shape", "data_offsets"} (other members dropped), plus
+    "__metadata__" (an object of strings) when the file has one.
+    """
+    path = Path(path)
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(8)
+        if len(head) < 8:
+            raise FormatError(f"{path}: not a safetensors file (shorter than 8 bytes); re-download or re-convert it")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > MAX_HEADER_BYTES:
+            raise FormatError(f"{path}: corrupt safetensors header (length {n} for a {size}-byte file); re-download it")
+        raw = fh.read(n)
+    if len(raw) != n:
+        raise FormatError(f"{path}: truncated while reading its header; re-download or re-convert it")
+    if not raw.startswith(b"{"):
+        raise FormatError(f"{path}: corrupt safetensors header (it does not start with '{{'); re-download or re-convert it")
+    try:
+        header = strict_json.loads(raw)
+    except strict_json.StrictJSONError as exc:
+        raise FormatError(f"{path}: corrupt safetensors header ({exc}); re-download or re-convert it") from None
+    data_size = size - 8 - n
+    checked: dict = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise FormatError(f"{path}: '__metadata__' must be a JSON object of strings; the file is corrupt")
+            checked[name] = entry
+        else:
+            checked[name] = _checked_entry(path, name, entry, data_size)
+    _check_tiling(path, checked, data_size)
+    return checked, 8 + n
+
+
+def _checked_entry(path: Path, name: str, entry, data_size: int) -> dict:
+    if not isinstance(entry, dict):
+        raise FormatError(f"{path}: tensor '{name}': its header entry is not a JSON object; the file is corrupt")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise FormatError(f"{path}: tensor '{name}': its header entry has no 'dtype' string; the file is corrupt")
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(strict_json.is_size(d) for d in shape):
+        raise FormatError(f"{path}: tensor '{name}': 'shape' must be a list of at most {MAX_DIMS} integers from 0 to "
+                          "2^63-1; the file is corrupt")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(strict_json.is_size(o) for o in offsets)
+            or offsets[1] < offsets[0]):
+        raise FormatError(f"{path}: tensor '{name}': 'data_offsets' must be two integers [begin, end] with "
+                          "0 <= begin <= end; the file is corrupt")
+    if dtype not in ST_ITEMSIZE:
+        raise FormatError(f"{path}: tensor '{name}' has unsupported dtype '{dtype[:48]}' (this reader knows "
+                          f"{', '.join(ST_ITEMSIZE)})")
+    begin, end = offsets
+    if end > data_size:
+        raise FormatError(f"{path}: truncated (tensor '{name}' ends at data byte {end} of {data_size}); "
+                          "re-download or re-convert it")
+    if end - begin != math.prod(shape) * ST_ITEMSIZE[dtype]:
+        raise FormatError(f"{path}: tensor '{name}' is {end - begin} bytes, which is not what its dtype {dtype} and "
+                          f"shape {shape} need; the file is corrupt")
+    if math.prod(d for d in shape if d) * ST_ITEMSIZE[dtype] > 2**63 - 1:
+        # only an empty tensor gets here; numpy (and most array libraries) cannot even make it
+        raise FormatError(f"{path}: tensor '{name}' has shape {shape}, too large for any array even with a 0 "
+                          "dimension; the file is corrupt")
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": [begin, end]}
+
+
+def _check_tiling(path: Path, header: dict, data_size: int) -> None:
+    """As the safetensors crate: in order of their offsets the tensors cover the data exactly, without gaps (hidden
+    bytes) or overlaps (two tensors sharing bytes), the first at 0 and the last ending at the end of the file."""
+    spans = sorted((e["data_offsets"][0], e["data_offsets"][1], name) for name, e in header.items()
+                   if name != "__metadata__")
+    at = 0
+    for begin, end, name in spans:
+        if begin != at:
+            raise FormatError(f"{path}: tensor '{name}' starts at data byte {begin}, but the tensors before it end at "
+                              f"{at} ({'a gap' if begin > at else 'an overlap'}); tensors must tile the data without "
+                              "gaps or overlaps; the file is corrupt")
+        at = end
+    if at != data_size:
+        raise FormatError(f"{path}: {data_size - at} bytes after the last tensor (data ends at {at}, the file at "
+                          f"{data_size}); the file is corrupt")
+
+
+def read_weight_map(index: Path) -> dict[str, str]:
+    """The `weight_map` of a model.safetensors.index.json, each shard a plain file name of the index's folder.
+
+    A shard given as an absolute path or with a folder part (`../x`, `sub/x`) is refused before any file is
+    opened: a downloaded index must not make a reader open files outside the model folder.
+    """
+    index = Path(index)
+    fix = "re-download or re-convert the model"
+    data = read_json_file(index, fix=fix)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise FormatError(f"{index}: no 'weight_map' object; {fix}")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not _plain_file_name(shard):
+            raise FormatError(f"{index}: tensor '{name}' is mapped to {shard!r}, which is not a plain file name in "
+                              f"the model folder; {fix}")
+    return weight_map
+
+
+def _plain_file_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0") and Path(name).name == name
 
 
 def shard_names(n: int) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitconv.format.reader import PackedReader, read_quantization_config
+from bitconv.format.reader import open_bitconv_folder
 from bitconv.format.vocab import SCHEMES, ST_ITEMSIZE, category_of, category_totals
 
 
@@ -47,8 +47,8 @@ class FolderSummary:
 
 def summarize(folder: str | Path) -> FolderSummary:
     folder = Path(folder).expanduser()
-    qc = read_quantization_config(folder)
-    reader = PackedReader(folder)
+    config, reader = open_bitconv_folder(folder)
+    qc = config["quantization_config"]
     rows = []
     for name, spec in sorted(reader.specs.items()):
         rows.append(TensorRow(name, category_of(name, ndim=2), spec.scheme,

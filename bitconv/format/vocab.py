@@ -27,6 +27,8 @@ SUFFIX_SCALE = ".qscale"
 SUFFIX_ZERO = ".qzero"
 SUFFIX_OUTLIER_IDX = ".outlier_idx"
 SUFFIX_OUTLIER_VAL = ".outlier_val"
+# a stored tensor whose name ends in one of these is a part of a packed weight, never a plain tensor
+PART_SUFFIXES = (SUFFIX_CODES, SUFFIX_SCALE, SUFFIX_ZERO, SUFFIX_OUTLIER_IDX, SUFFIX_OUTLIER_VAL)
 
 
 class Scheme(StrEnum):
@@ -68,6 +70,7 @@ SCHEMES = tuple(s.value for s in Scheme if s is not Scheme.FP16)  # the schemes 
 SCHEME_BITS = {"ternary": 2, "binary": 1, "int8": 8, "uint4": 4, "uint2": 2}  # stored bits per code
 GRANULARITIES = tuple(g.value for g in Granularity)
 PACKINGS = tuple(p.value for p in Packing)
+LAYOUTS = tuple(la.value for la in Layout)
 CATEGORIES = tuple(c.value for c in Category)
 # the user-facing widths (--bits) and the scheme each selects
 BITS_TO_SCHEME = {1.58: "ternary", 1.0: "binary", 8.0: "int8", 4.0: "uint4", 2.0: "uint2", 16.0: "fp16"}

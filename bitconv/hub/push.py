@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bitconv.errors import BitconvError, HubError
-from bitconv.format.reader import PackedReader
+from bitconv.format.reader import open_bitconv_folder
 from bitconv.hub.ids import check_repo_id
 from bitconv.report.model_card import build_model_card
 
@@ -68,10 +68,7 @@ def check_bitconv_folder(folder: Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise HubError(f"{folder}: not a folder; give the output folder of `bitconv convert`")
-    from bitconv.format.reader import read_bitconv_config  # imports torch: only when a push actually runs
-
-    config = read_bitconv_config(folder)
-    PackedReader(folder)  # opens every shard's header: a truncated or foreign file fails here, before any upload
+    config, _ = open_bitconv_folder(folder)  # every file check: a truncated or foreign file fails before any upload
     return config
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitconv.errors import FormatError
-from bitconv.format.reader import PackedReader, is_bitconv_folder, read_quantization_config
+from bitconv.format.reader import is_bitconv_folder, open_bitconv_folder
 from bitconv.format.spec import TensorSpec
 from bitconv.format.vocab import (
     SUFFIX_CODES,
@@ -27,7 +27,7 @@ from bitconv.format.vocab import (
 from bitconv.quantize.config import QuantConfig
 from bitconv.quantize.schemes import QuantizedWeight, decode, expand, quantize_activations_int8
 from bitconv.quantize.schemes import dequantize as dequantize_weight
-from bitconv.quantize.source import model_class_for, resolve_name
+from bitconv.quantize.source import check_model_shapes, load_config, model_class_for, resolve_name
 
 _SHIFTS = {bits: torch.arange(0, 8, bits, dtype=torch.uint8) for bits in (1, 2, 4)}
 _POW3 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int16)
@@ -107,19 +107,16 @@ def load(path: str | os.PathLike, *, dequantize: bool = False, dtype: torch.dtyp
     Quantized projections become `PackedLinear` (codes kept packed), or
     ordinary float modules decoded once (`dequantize=True`). `model.bitconv_config` holds the quantization_config.
     """
-    from transformers import AutoConfig
-
     folder = Path(path).expanduser()
-    qc = read_quantization_config(folder)
-    if int(qc.get("format_version", -1)) != 1:
-        raise FormatError(f"{folder}: format version {qc.get('format_version')} is not readable by this bitconv; upgrade it")
+    raw_config, reader = open_bitconv_folder(folder)  # every file check, and config.json's sizes against the tensors
+    qc = raw_config["quantization_config"]
     cfg = QuantConfig.from_dict(qc)
-    reader = PackedReader(folder)
-    config = AutoConfig.from_pretrained(str(folder))
+    config = load_config(folder, error=FormatError)
     if hasattr(config, "quantization_config"):
         # transformers would look for a quantizer named "bitconv"; the weights are ours to place
         delattr(config, "quantization_config")
-    cls = model_class or model_class_for(config)
+    cls = model_class or model_class_for(config, error=FormatError)
+    check_model_shapes(cls, config, reader.logical_shapes(), str(folder))  # on the meta device, before any memory
     torch.manual_seed(0)  # parameters missing from the file (none expected) would be initialised reproducibly
     model = cls.from_config(config) if cls.__name__.startswith("Auto") else cls(config)
     prefix = getattr(model, "base_model_prefix", "") or ""

@@ -8,8 +8,8 @@ asked, with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -17,8 +17,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from bitconv.errors import SourceError
-from bitconv.format.safetensors import read_safetensors_header
+from bitconv.errors import BitconvError, FormatError, SourceError
+from bitconv.format.safetensors import open_regular, read_json_file, read_safetensors_header, read_weight_map
 from bitconv.hub.ids import is_repo_id
 
 # files copied unchanged from a source folder into a converted folder
@@ -83,7 +83,7 @@ class Source:
         if expected == 0:
             return torch.empty(info["shape"], dtype=dtype)
         buf = bytearray(expected)
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             fh.seek(self._data_start[path] + begin)
             if fh.readinto(buf) != expected:
                 raise SourceError(f"{path}: truncated while reading '{name}'; re-download the checkpoint")
@@ -109,25 +109,24 @@ class Source:
         return total
 
 
-def _load_config(folder: Path):
+def load_config(folder: Path, error: type[BitconvError] = SourceError):
+    """transformers' config of a model folder; a missing, hanging (FIFO) or unreadable config.json is `error`."""
     from transformers import AutoConfig
 
-    if not (folder / "config.json").exists():
-        raise SourceError(f"{folder}: no config.json; point at a Hugging Face model folder, a Hub id or a .gguf file")
+    if not os.path.lexists(folder / "config.json"):
+        raise error(f"{folder}: no config.json; point at a Hugging Face model folder, a Hub id or a .gguf file")
+    read_json_file(folder / "config.json", fix="fix the checkpoint's config.json")  # a FIFO must not hang transformers
     try:
         return AutoConfig.from_pretrained(str(folder))
-    except (ValueError, KeyError, OSError) as exc:
-        raise SourceError(f"{folder / 'config.json'}: transformers cannot read it ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # transformers raises ValueError, KeyError, OSError, TypeError ... for bad configs
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise error(f"{folder / 'config.json'}: transformers cannot read it ({reason})") from None
 
 
 def _index_safetensors(folder: Path) -> tuple[dict[str, Path], dict[str, dict], dict[Path, int]]:
     index = folder / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError):
-            raise SourceError(f"{index}: not a valid safetensors index (no weight_map); re-download the checkpoint") from None
-        shard_files = sorted(set(weight_map.values()))
+    if os.path.lexists(index):
+        shard_files = sorted(set(read_weight_map(index).values()))
         for shard in shard_files:
             if not (folder / shard).exists():
                 raise SourceError(f"{index}: points at shard '{shard}', which is missing; re-download the checkpoint")
@@ -226,7 +225,7 @@ def open_source(spec: str | os.PathLike, revision: str | None = None, allow_pick
         folder, kind = _hub_snapshot(text, revision, allow_pickle), "hub"
     else:
         raise SourceError(f"'{text}' does not exist (not a folder, a .gguf file or a Hub id)")
-    config = _load_config(folder)
+    config = load_config(folder)
     src = Source(spec=text, kind=kind, folder=folder, config=config,
                  revision=folder.name if kind == "hub" else revision)
     files, headers, data_start = _index_safetensors(folder)
@@ -244,15 +243,53 @@ def open_source(spec: str | os.PathLike, revision: str | None = None, allow_pick
     return src
 
 
-def model_class_for(config, default: str = "AutoModel"):
-    """The transformers class named in config.architectures, else the given Auto class."""
+# what transformers names its model classes: LlamaForCausalLM, GPT2LMHeadModel, BertModel, T5EncoderModel, ...
+MODEL_CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*(Model|For[A-Z][A-Za-z0-9_]*)$")
+
+
+def model_class_for(config, default: str = "AutoModel", error: type[BitconvError] = SourceError):
+    """The transformers class named in config.architectures, else the given Auto class.
+
+    config.json is untrusted: a name is looked up only if it reads like a model class, and used only if it is a
+    PreTrainedModel subclass, so `architectures` cannot make bitconv call any other attribute of transformers.
+    """
     import transformers
 
-    for arch in getattr(config, "architectures", None) or []:
+    architectures = getattr(config, "architectures", None) or []
+    if not isinstance(architectures, (list, tuple)):
+        raise error(f"config.json: architectures is {architectures!r}, not a list of model class names; fix config.json")
+    for arch in architectures:
+        if not isinstance(arch, str) or not MODEL_CLASS_NAME.match(arch):
+            raise error(f"config.json: architectures names {arch!r}, which is not a transformers model class "
+                        "(e.g. LlamaForCausalLM); fix config.json")
         cls = getattr(transformers, arch, None)
-        if cls is not None:
-            return cls
+        if cls is None:
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+            raise error(f"config.json: architectures names {arch!r}, which is not a transformers model class; "
+                        "fix config.json")
+        return cls
     return getattr(transformers, default)
+
+
+def check_model_shapes(cls, config, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """Build `cls(config)` on the meta device (no memory) and compare each parameter with the stored weight's shape,
+    so a config.json that disagrees with its weights is refused before a real model is allocated from it."""
+    try:
+        with torch.device("meta"):
+            model = cls.from_config(config) if cls.__name__.startswith("Auto") else cls(config)
+    except Exception as exc:  # transformers raises many types for configs it cannot build
+        raise FormatError(f"{where}: transformers cannot build {cls.__name__} from config.json "
+                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); fix config.json or "
+                          "re-convert the model") from None
+    params = dict(model.named_parameters())
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    for name, shape in sorted(shapes.items()):
+        target = resolve_name(name, set(params), prefix)
+        if target is not None and tuple(params[target].shape) != tuple(shape):
+            raise FormatError(f"{where}: tensor '{name}' is {list(shape)}, but config.json makes {cls.__name__}'s "
+                              f"'{target}' {list(params[target].shape)}; the folder's config.json does not match its "
+                              "weights: re-convert the model")
 
 
 def resolve_name(name: str, known: set[str], prefix: str) -> str | None:
