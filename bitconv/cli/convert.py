@@ -94,9 +94,11 @@ def inspect(
     all_tensors: Annotated[bool, typer.Option("--all", help="List every tensor, not only quantized ones.")] = False,
 ) -> None:
     """Per-tensor table of a converted folder: scheme, shape, bytes, bits/weight; totals by category."""
-    from bitconv.format.atomic import write_json_atomic
+    from bitconv.format.atomic import check_output, write_json_atomic
     from bitconv.format.summary import summarize
 
+    if json_out:
+        check_output(json_out, force=True, inputs=[folder], option="--json", kind="file")
     summary = summarize(folder)
     table = Table(title=str(folder))
     for col in ("tensor", "category", "scheme", "shape", "bytes", "bits/weight"):

@@ -66,6 +66,11 @@ def _eval_options(context, stride, start_fraction, end_fraction, max_tokens, bat
                 max_examples=max_examples, latency_repeats=latency_repeats)
 
 
+def _local(*paths) -> list[Path]:
+    """The arguments that name existing local files or folders: the inputs no output may overwrite."""
+    return [Path(str(p)).expanduser() for p in paths if p is not None and Path(str(p)).expanduser().exists()]
+
+
 def _fmt(value, spec: str = ".4g") -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -127,7 +132,10 @@ def register(app: typer.Typer) -> None:
         """Perplexity or classification metrics, plus size, memory and latency, of one model."""
         from bitconv.evaluate.metrics import evaluate_model
         from bitconv.evaluate.results import write_result
+        from bitconv.format.atomic import check_output
 
+        if json_out:  # checked before the evaluation: a result file replaces an older one, never an input
+            check_output(json_out, force=True, inputs=_local(model, data), option="--json", kind="file")
         result = evaluate_model(model, task, str(data), name=name, progress=progress, **_eval_options(
             context, stride, start_fraction, end_fraction, max_tokens, batch_size, text_column, label_column, header,
             delimiter, label_map, labels, template, max_examples, latency_repeats))
@@ -169,8 +177,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Convert a checkpoint with each scheme and evaluate every result; failed runs are recorded, not fatal."""
         from bitconv.evaluate.compare import compare as run_compare
-        from bitconv.format.atomic import write_json_atomic
+        from bitconv.format.atomic import check_output, write_json_atomic
 
+        if json_out:
+            check_output(json_out, force=True, inputs=_local(source, data), option="--json", kind="file")
         convert_options = dict(granularity=granularity, scale_method=scale, keep_outliers=keep_outliers,
                                embeddings=embeddings, activations=activations)
         rows = run_compare(source, out, bits, task=task, data=str(data), convert_options=convert_options,
@@ -202,8 +212,12 @@ def register(app: typer.Typer) -> None:
         title: Annotated[Optional[str], typer.Option(help="Report title (default: from the results).")] = None,
     ) -> None:
         """Tables and charts (quality vs bits and size, size by category, per-layer error) from result files."""
+        from bitconv.format.atomic import check_output
         from bitconv.report.build import build_report, write_report
 
+        for option, path in (("--html", html), ("--markdown", markdown), ("--json", json_out)):
+            if path:  # a report replaces an older report, never a result it reads
+                check_output(path, force=True, inputs=_local(results, reference), option=option, kind="file")
         rep = build_report(results, reference=reference, collapse_factor=collapse_factor, title=title)
         if not (html or markdown or json_out):
             typer.echo(rep.markdown_tables())

@@ -12,6 +12,7 @@ is recorded with status "failed" and its error; the other runs still complete.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 import time
 import traceback
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from bitconv.errors import BitconvError, OptionError
 from bitconv.evaluate.results import failed_result, read_result, write_result
+from bitconv.format.atomic import check_output
 from bitconv.format.vocab import BITS_TO_SCHEME
 from bitconv.quantize.config import QuantConfig, parse_bits
 
@@ -102,7 +104,10 @@ def compare(source: str, out: str | Path, bits: list[float] | str = "16,8,4,2,1.
         read_examples(data, eval_options.get("text_column", "sentence"), eval_options.get("label_column", "label"),
                       eval_options.get("header"), eval_options.get("delimiter"), 1)
     out = Path(out).expanduser()
+    source_path = Path(str(source)).expanduser()
+    check_output(out, force=False, inputs=[source_path] if source_path.exists() else [], kind="results")
     models = out / "models"
+    created_models = not os.path.lexists(models)  # --delete-models removes only what this run created
     models.mkdir(parents=True, exist_ok=True)
     src = None
     rows = []
@@ -144,6 +149,9 @@ def compare(source: str, out: str | Path, bits: list[float] | str = "16,8,4,2,1.
             shutil.rmtree(folder, ignore_errors=True)
         rows.append({"name": name, "status": result["status"], "error": result["error"], "path": str(result_path)})
         log(f"[{name}] {result['status']}" + (f": {result['error']}" if result["error"] else ""))
-    if not keep_models:
-        shutil.rmtree(models, ignore_errors=True)
+    if not keep_models and created_models:
+        try:
+            models.rmdir()  # empty by now: each run's folder was removed after its evaluation
+        except OSError:
+            pass
     return rows

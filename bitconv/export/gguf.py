@@ -252,7 +252,7 @@ def export_gguf(folder: Path | str, out: Path | str, *, ggml_type: str = "tq2_0"
     if arch not in SUPPORTED:
         raise ExportError(f"{folder}: model type {arch!r} has no GGUF export; supported: {', '.join(SUPPORTED)}")
     _check_hparams(folder, arch, config)
-    check_output(out, force=force, inputs=[folder], option="--gguf")
+    check_output(out, force=force, inputs=[folder], option="--gguf", kind="file")
     if not any(s.scheme in TERNARY_LIKE for s in reader.specs.values()):
         raise ExportError(f"{folder}: no ternary or binary weights; the GGUF export writes TQ types: "
                            "convert with --bits 1.58")
@@ -298,7 +298,12 @@ def export_gguf(folder: Path | str, out: Path | str, *, ggml_type: str = "tq2_0"
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file()
-        finally:
-            writer.close()
+        except BaseException:
+            try:
+                writer.close()
+            except Exception:  # the first error is the one to report; the staged file is removed anyway
+                pass
+            raise
+        writer.close()
     result.fallbacks = {t.name: t.fallback_reason for t in result.tensors if t.fallback_reason}
     return result

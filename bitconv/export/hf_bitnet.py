@@ -32,7 +32,7 @@ from bitconv.format.atomic import check_output, staged_folder
 from bitconv.format.layouts import HF_BITNET_VALUES_PER_BYTE as VALUES_PER_BYTE
 from bitconv.format.layouts import pack_output_dim
 from bitconv.format.reader import open_bitconv_folder
-from bitconv.format.vocab import SIDE_FILES
+from bitconv.format.vocab import META_EXPORT, SIDE_FILES
 
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
 
@@ -150,7 +150,7 @@ def export_hf_bitnet(folder: Path | str, out: Path | str, *, linear_class: str =
         "modules_to_not_convert": result.not_converted, "use_rms_norm": False, "rms_norm_eps": 1e-6,
     }
     with staged_folder(out, option="--hf-bitnet") as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", META_EXPORT: "hf-bitnet"})
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         for name in SIDE_FILES:  # tokenizer and generation files, unchanged
             if (folder / name).is_file():

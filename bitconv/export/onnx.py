@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch
 
 from bitconv.errors import ExportError, OutputError
 from bitconv.export import ExportResult
-from bitconv.format.atomic import check_output
+from bitconv.format.atomic import PARTIAL, check_output, scratch_folder, staged_file
 from bitconv.format.layouts import matmulnbits_block_size, matmulnbits_weights
 from bitconv.format.reader import PackedReader, open_bitconv_folder
 from bitconv.format.spec import TensorSpec
@@ -419,10 +418,9 @@ def _copy_side_files(folder: Path, out_dir: Path) -> None:
     """Tokenizer and config files next to the .onnx (never replacing a file that is already there)."""
     for name in ("config.json", *SIDE_FILES):
         src, dst = folder / name, out_dir / name
-        if src.is_file() and not dst.exists():
-            tmp = dst.with_name(dst.name + ".tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+        if src.is_file() and not os.path.lexists(dst):
+            with staged_file(dst, option="--onnx") as tmp:
+                shutil.copyfile(src, tmp)
 
 
 def _save_atomically(proto, onnx_path: Path) -> None:
@@ -434,7 +432,7 @@ def _save_atomically(proto, onnx_path: Path) -> None:
     import onnx
 
     data_name = onnx_path.name + ".data"
-    with tempfile.TemporaryDirectory(prefix=f".{onnx_path.name}.", dir=onnx_path.parent) as tmp:
+    with scratch_folder(f".{onnx_path.name}{PARTIAL}", beside=onnx_path, option="--onnx") as tmp:
         staged = Path(tmp) / onnx_path.name
         external = proto.ByteSize() > MAX_PROTO_BYTES
         if external:
@@ -464,7 +462,10 @@ def export_onnx(folder: str | os.PathLike, onnx_path: str | os.PathLike, *, forc
     onnx_path = Path(onnx_path).expanduser()
     if onnx_path.suffix != ".onnx":
         raise OutputError(f"{onnx_path}: the output name must end in .onnx")
-    check_output(onnx_path, force=force, inputs=[folder], option="--onnx")
+    check_output(onnx_path, force=force, inputs=[folder], option="--onnx", kind="file")
+    data_path = onnx_path.with_name(onnx_path.name + ".data")  # replaced or removed with the .onnx
+    if os.path.lexists(data_path):
+        check_output(data_path, force=force, inputs=[folder], option="--onnx", kind="file")
     quantized = _quantized_weights(reader)
     _check_supported(quantized, target)
     act_quant = qc.get("activations") == "int8"
@@ -478,7 +479,7 @@ def export_onnx(folder: str | os.PathLike, onnx_path: str | os.PathLike, *, forc
         for module in model.modules():
             module._forward_pre_hooks.clear()
 
-    with tempfile.TemporaryDirectory(prefix="bitconv-onnx-") as tmp:
+    with scratch_folder("bitconv-onnx-") as tmp:
         float_path = Path(tmp) / "float.onnx"
         inputs, outputs = _export_float(model, kind, float_path, opset)
         proto = onnx.load(str(float_path))

@@ -1,15 +1,27 @@
 """The one way bitconv writes files and folders: under a temporary name beside the target, then renamed into place,
 so a reader never sees half an output and an interrupted run leaves the old output (or nothing) behind.
 
-Every command that writes an output checks it first with `check_output`: an existing output is replaced only with
-`force`, and never when it is (or holds, or sits inside) one of the command's inputs.
+Every command that writes an output checks it first with `check_output`, before any work: the output must not be,
+hold or sit inside one of the command's inputs (through symbolic links too), must not be a link itself, and its
+nearest existing folder must be a writable folder. An existing output is replaced only with `force`, and only when
+it looks like something bitconv writes: a regular file for a file output; an empty folder or a flat folder with a
+config.json for a folder output. Anything else is refused, whatever the flags.
+
+Temporary names carry the host and process id (`.NAME.partial-HOST-PID-XXXX` beside an output, `bitconv-onnx-HOST-
+PID-XXXX` in the system temporary folder). A run killed with SIGKILL cannot clean up; the next run that writes the
+same output (or uses the same kind of scratch folder) removes the temporaries whose process is gone: only names of
+this pattern, from this host, owned by this user.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
+import socket
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +29,10 @@ from typing import Iterable, Iterator
 
 from bitconv.errors import OutputError
 
-PARTIAL = ".partial-"  # marks bitconv's temporary names: .NAME.partial-XXXX
+PARTIAL = ".partial-"  # marks bitconv's temporary names: .NAME.partial-HOST-PID-XXXX
+REPLACED = ".replaced-"  # an old output moved aside while the new one is renamed into place
+# errors that only writing produces: a full disk or quota, a file over the size limit, a read-only file system
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def _default_mode(directory: bool) -> int:
@@ -32,8 +47,12 @@ def _related(a: Path, b: Path) -> bool:
 
 
 def check_output(out: str | os.PathLike, *, force: bool, inputs: Iterable[str | os.PathLike] = (),
-                 option: str = "--out") -> Path:
-    """Refuse an output that exists (unless `force`) or that is, holds or sits inside an input; returns it resolved."""
+                 option: str = "--out", kind: str = "folder") -> Path:
+    """Refuse an output bitconv must not write (see the module docstring). `kind`: "folder" or "file" (replaced as
+    a whole, with `force`), or "results" (a folder bitconv adds its files to: an existing folder is kept, never
+    replaced). Returns `out` with ~ expanded."""
+    if kind not in ("file", "folder", "results"):
+        raise ValueError(f"unknown output kind {kind!r}")
     out = Path(out).expanduser()
     resolved = out.resolve()
     for given in inputs:
@@ -41,23 +60,80 @@ def check_output(out: str | os.PathLike, *, force: bool, inputs: Iterable[str | 
         if _related(resolved, source):
             raise OutputError(f"{out} is, holds or sits inside the input {given}; bitconv never writes over its "
                               f"input: choose another {option}")
-    if out.exists() or out.is_symlink():
+    if out.is_symlink():
+        raise OutputError(f"{out} is a symbolic link; bitconv does not write through or replace links: remove it or "
+                          f"choose another {option}")
+    if kind == "results" and out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a folder; choose another {option}")
+    if kind != "results" and out.exists():
         if not force:
             raise OutputError(f"{out} already exists; choose another {option} or pass --force to replace it")
-        if out.is_dir() and not _replaceable_folder(out):
-            raise OutputError(f"{out} exists and is not a model folder (it holds sub-folders or no config.json); "
-                              f"--force only replaces outputs like bitconv's: choose another {option}")
-    if resolved.parent.exists() and not resolved.parent.is_dir():
-        raise OutputError(f"{out.parent} is not a folder; choose another {option}")
+        _check_replaceable(out, kind, option)
+    _check_writable_parent(out, option)
     return out
 
 
-def _replaceable_folder(folder: Path) -> bool:
-    """An empty folder, or a flat folder with a config.json: what bitconv (or a model export) writes."""
-    entries = list(folder.iterdir())
-    if not entries:
-        return True
-    return (folder / "config.json").is_file() and all(e.is_file() and not e.is_symlink() for e in entries)
+def _check_replaceable(out: Path, kind: str, option: str) -> None:
+    mode = os.stat(out).st_mode
+    if kind == "file":
+        if not stat.S_ISREG(mode):
+            raise OutputError(f"{out} exists and is not a regular file (a folder, FIFO or device); --force replaces "
+                              f"only files: choose another {option}")
+        return
+    if not stat.S_ISDIR(mode):
+        raise OutputError(f"{out} exists and is not a folder; --force replaces only model folders: choose another "
+                          f"{option}")
+    try:
+        entries = list(out.iterdir())
+    except OSError as exc:
+        raise OutputError(f"{out} cannot be listed ({exc.strerror}); choose another {option}") from None
+    flat = all(e.is_file() and not e.is_symlink() for e in entries)
+    if entries and not (flat and _written_by_bitconv(out)):
+        raise OutputError(f"{out} exists and is not a folder bitconv wrote (it holds sub-folders or links, or its "
+                          f"config.json and weights do not say bitconv); --force replaces only bitconv's own outputs "
+                          f"or an empty folder: choose another {option}")
+
+
+def _written_by_bitconv(folder: Path) -> bool:
+    """A folder bitconv wrote: a converted folder (config.json names the bitconv method) or an export whose
+    weights carry bitconv's export mark in their safetensors metadata."""
+    from bitconv.errors import FormatError
+    from bitconv.format.safetensors import read_json_file, read_safetensors_header
+    from bitconv.format.vocab import META_EXPORT, QUANT_METHOD
+
+    try:
+        config = read_json_file(folder / "config.json", fix="")
+        qc = config.get("quantization_config") if isinstance(config, dict) else None
+        if isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD:
+            return True
+        header, _ = read_safetensors_header(folder / "model.safetensors")
+    except FormatError:
+        return False
+    return META_EXPORT in (header.get("__metadata__") or {})
+
+
+def _check_writable_parent(out: Path, option: str) -> None:
+    """The nearest existing ancestor of `out` must be a folder bitconv may create entries in."""
+    ancestor = out.absolute().parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{ancestor} is not a folder, so {out} cannot be created; choose another {option}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{ancestor} is not writable, so {out} cannot be created; choose another {option}")
+
+
+def output_error(exc: OSError, out: Path, staged: Path, option: str) -> OutputError | None:
+    """The OutputError to report for an OSError raised while writing `out` through its temporary `staged` name, or
+    None if it is not about the output (an error reading an input keeps its own meaning)."""
+    names = [exc.filename, exc.filename2]
+    ours = (str(out.absolute()), str(staged.absolute()))
+    about_output = exc.errno in WRITE_ERRNOS or any(
+        n is not None and str(Path(os.fsdecode(n)).absolute()).startswith(ours) for n in names)
+    if not about_output:
+        return None
+    return OutputError(f"cannot write {out} ({exc.strerror or exc}); free some space, check the permissions or "
+                       f"choose another {option}")
 
 
 def _make_parent(path: Path, option: str) -> None:
@@ -67,28 +143,101 @@ def _make_parent(path: Path, option: str) -> None:
         raise OutputError(f"cannot create {path.parent} ({exc.strerror}); choose another {option}") from None
 
 
+def _owner_tag() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-"
+
+
+def _pid_is_gone(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def remove_stale(directory: Path, prefix: str) -> list[Path]:
+    """Remove `directory`'s entries named `prefix` + HOST-PID-XXXX whose process (on this host) is gone and that
+    this user owns: temporaries of bitconv runs that were killed. Returns what was removed."""
+    pattern = re.compile(re.escape(prefix) + r"(?P<host>.+)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+    host = socket.gethostname()
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or match["host"] != host or not _pid_is_gone(int(match["pid"])):
+            continue
+        try:
+            if entry.lstat().st_uid != os.getuid():
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            continue  # another run cleaned it first, or it cannot be removed: not worth failing for
+    return removed
+
+
+def _remove_quietly(path: Path) -> None:
+    """Cleanup after a failure: never let a cleanup error replace the error being reported."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _mkdtemp(prefix: str, directory: Path, option: str, what: Path) -> Path:
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix + _owner_tag(), dir=directory))
+        os.chmod(tmp, _default_mode(directory=True))
+    except OSError as exc:
+        raise OutputError(f"cannot write in {directory} ({exc.strerror}); choose another {option} than {what}") from None
+    return tmp
+
+
+@contextmanager
+def _reporting_write_errors(out: Path, staged: Path, option: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        error = output_error(exc, out, staged, option)
+        if error is None:
+            raise
+        raise error from exc
+
+
 @contextmanager
 def staged_folder(out: str | os.PathLike, *, option: str = "--out") -> Iterator[Path]:
     """Yields an empty temporary folder beside `out`; when the block succeeds it replaces `out` atomically
     (the old folder is moved aside first, then removed), and when it fails it is removed."""
     out = Path(out).expanduser()
     _make_parent(out, option)
+    remove_stale(out.parent, f".{out.name}{PARTIAL}")
+    remove_stale(out.parent, f".{out.name}{REPLACED}")
+    tmp = _mkdtemp(f".{out.name}{PARTIAL}", out.parent, option, out)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL}", dir=out.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write in {out.parent} ({exc.strerror}); choose another {option}") from None
-    try:
-        os.chmod(tmp, _default_mode(directory=True))
-        yield tmp
-        if out.exists() or out.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:  # KeyboardInterrupt included: never leave a half-written output behind
-        shutil.rmtree(tmp, ignore_errors=True)
+        with _reporting_write_errors(out, tmp, option):
+            yield tmp
+            if os.path.lexists(out):
+                old = _mkdtemp(f".{out.name}{REPLACED}", out.parent, option, out)
+                os.replace(out, old / out.name)
+                os.replace(tmp, out)
+                _remove_quietly(old)
+            else:
+                os.replace(tmp, out)
+    except BaseException:  # KeyboardInterrupt and SIGTERM included: never leave a half-written output behind
+        _remove_quietly(tmp)
         raise
 
 
@@ -97,20 +246,42 @@ def staged_file(path: str | os.PathLike, *, option: str = "--out") -> Iterator[P
     """Yields a temporary file name beside `path`; renamed onto `path` when the block succeeds, removed if not."""
     path = Path(path).expanduser()
     _make_parent(path, option)
-    tmp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}")
+    prefix = f".{path.name}{PARTIAL}"
+    remove_stale(path.parent, prefix)
+    tmp = path.with_name(f"{prefix}{_owner_tag()}file")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with _reporting_write_errors(path, tmp, option):
+            yield tmp
+            os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+@contextmanager
+def scratch_folder(prefix: str, *, beside: Path | None = None, option: str = "--out") -> Iterator[Path]:
+    """A temporary working folder, removed afterwards: beside the output `beside` (same file system, so its files
+    can be renamed into place) or in the system temporary folder. Stale ones of killed runs are removed first."""
+    directory = Path(beside).expanduser().parent if beside is not None else Path(tempfile.gettempdir())
+    if beside is not None:
+        _make_parent(Path(beside).expanduser(), option)
+    remove_stale(directory, prefix)
+    tmp = _mkdtemp(prefix, directory, option, beside or directory)
+    try:
+        if beside is None:
+            yield tmp
+        else:
+            with _reporting_write_errors(Path(beside).expanduser(), tmp, option):
+                yield tmp
+    finally:
+        _remove_quietly(tmp)
+
+
+def write_text_atomic(path: Path, text: str, *, option: str = "--out") -> None:
     """Write under a temporary name and rename, so a reader never sees half a file."""
-    with staged_file(path) as tmp:
+    with staged_file(path, option=option) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json_atomic(path: Path, obj, indent: int = 2) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+def write_json_atomic(path: Path, obj, indent: int = 2, *, option: str = "--out") -> None:
+    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n", option=option)

@@ -20,6 +20,7 @@ QUANT_METHOD = "bitconv"
 META_FORMAT = "bitconv.format"
 META_VERSION = "bitconv.format_version"
 META_TENSORS = "bitconv.tensors"
+META_EXPORT = "bitconv.export"  # in the safetensors metadata of an export bitconv wrote (e.g. --hf-bitnet)
 
 # stored tensors of one quantized weight X.weight: X.weight + suffix
 SUFFIX_CODES = ".qcodes"

@@ -66,6 +66,8 @@ def _copy_side_files(src: Source, folder: Path) -> None:
     for name in SIDE_FILES:
         path = Path(src.folder) / name
         if path.exists():
+            if not path.is_file():  # a FIFO would block the copy forever
+                raise SourceError(f"{path}: not a regular file (a FIFO, a device or a folder); fix the source folder")
             shutil.copyfile(path, folder / name)
 
 
