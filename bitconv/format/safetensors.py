@@ -78,6 +78,7 @@ class StreamingSafetensorsWriter:
 
 MAX_HEADER_BYTES = 100_000_000  # as the safetensors crate
 MAX_DIMS = 8
+MAX_ITEMSIZE = max(ST_ITEMSIZE.values())
 
 
 def open_regular(path: str | os.PathLike, *, fix: str = "re-download or re-convert it") -> BinaryIO:
@@ -176,10 +177,11 @@ def _checked_entry(path: Path, name: str, entry, data_size: int) -> dict:
     if end - begin != math.prod(shape) * ST_ITEMSIZE[dtype]:
         raise FormatError(f"{path}: tensor '{name}' is {end - begin} bytes, which is not what its dtype {dtype} and "
                           f"shape {shape} need; the file is corrupt")
-    if math.prod(d for d in shape if d) * ST_ITEMSIZE[dtype] > 2**63 - 1:
-        # only an empty tensor gets here; numpy (and most array libraries) cannot even make it
-        raise FormatError(f"{path}: tensor '{name}' has shape {shape}, too large for any array even with a 0 "
-                          "dimension; the file is corrupt")
+    if math.prod(d for d in shape if d) * MAX_ITEMSIZE > 2**63 - 1:
+        # only an empty tensor gets here: numpy cannot make an array whose non-zero sizes exceed 2^63-1 bytes, not
+        # even an empty one, so a reader (or an exporter converting it to another dtype) would fail on it later
+        raise FormatError(f"{path}: tensor '{name}' has shape {shape}, too large for an array of any dtype even with "
+                          "a 0 dimension; the file is corrupt")
     return {"dtype": dtype, "shape": list(shape), "data_offsets": [begin, end]}
 
 

@@ -18,6 +18,21 @@ def is_repo_id(text: str, *, namespaced: bool = False) -> bool:
     return "/" in text or not namespaced
 
 
+# a branch name as git and the Hub accept it: letters, digits, '.', '_', '-', '/' between parts
+_REVISION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$", re.ASCII)
+
+
+def check_revision(revision: str) -> None:
+    """A branch to commit to (git's ref name rules, which the Hub applies)."""
+    bad = (not _REVISION.match(revision) or ".." in revision or "//" in revision or revision.endswith(("/", ".", ".lock"))
+           or any(part.startswith(".") for part in revision.split("/")))
+    if bad:
+        raise OptionError(
+            f"malformed --revision {revision!r}: give a branch name such as main or experiments/v2 (letters, digits, "
+            "'.', '_', '-', '/'; no '..', '//', leading '.' in a part, or trailing '/', '.' or '.lock')"
+        )
+
+
 def check_repo_id(repo_id: str) -> None:
     """A repository to create or push to: NAMESPACE/NAME."""
     if not is_repo_id(repo_id, namespaced=True):

@@ -12,15 +12,17 @@ upload path our tests exercise against tests/hub_server.py (docs/hub.md says wha
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote, quote_plus, urlsplit
 
 from bitconv.errors import BitconvError, HubError
 from bitconv.format.reader import open_bitconv_folder
-from bitconv.hub.ids import check_repo_id
+from bitconv.hub.ids import check_repo_id, check_revision
 from bitconv.report.model_card import build_model_card
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -73,13 +75,25 @@ def check_bitconv_folder(folder: Path) -> dict:
 
 
 def _folder_files(folder: Path) -> Iterator[Path]:
-    """Files to upload: everything but hidden files/folders and interrupted writes (*.partial)."""
+    """Files to upload: everything but hidden files/folders and interrupted writes (*.partial).
+
+    Nothing outside the folder is ever uploaded: a symbolic link whose target lies outside it refuses the push (it
+    is not skipped, which would upload a model without a file it needs), as does a FIFO or device, which would
+    block or stream without end.
+    """
+    root = folder.resolve()
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts) or "__pycache__" in rel.parts:
             continue
-        if path.is_file() and not path.name.endswith(".partial"):
-            yield path
+        if path.is_symlink() and root not in path.resolve().parents:
+            raise HubError(f"{path} is a symbolic link to {os.readlink(path)}, outside the folder; bitconv push "
+                           "uploads only what is inside the folder: replace the link by a copy or remove it")
+        if path.is_dir() or path.name.endswith(".partial"):
+            continue
+        if not path.is_file():
+            raise HubError(f"{path}: not a regular file (a FIFO or a device); remove it from the folder")
+        yield path
 
 
 def plan_push(folder: Path | str, repo_id: str, *, revision: str = "main", report: Path | str | None = None) -> PushPlan:
@@ -88,9 +102,10 @@ def plan_push(folder: Path | str, repo_id: str, *, revision: str = "main", repor
     config = check_bitconv_folder(folder)
     if report is not None and not Path(report).is_file():
         raise HubError(f"{report}: no such report file; pass the JSON written by `bitconv report --json`")
+    local_files = list(_folder_files(folder))  # links out of the folder and FIFOs refused before anything is read
     card, used_report = build_model_card(folder, repo_id, Path(report) if report else None)
     files = []
-    for path in _folder_files(folder):
+    for path in local_files:
         rel = path.relative_to(folder).as_posix()
         if rel == "README.md":
             continue  # replaced by the generated card (its license was read into the card)
@@ -127,10 +142,32 @@ def format_plan(plan: PushPlan) -> str:
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
+    """The Hub URL. The token goes to it in a header, so it must be https://, or http:// to this machine only
+    (loopback: the token never crosses a network, which is how the tests' Hub and local mirrors run)."""
     url = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     if not re.match(r"^https?://[^/\s]+", url):
         raise HubError(f"endpoint {url!r} is not an http(s) URL; set --endpoint or HF_ENDPOINT to e.g. https://huggingface.co")
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        raise HubError(f"endpoint {url} is plain http: the token would cross the network unencrypted; use https://, "
+                       "or http:// only to this machine (127.0.0.1, localhost)")
     return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _scrub(message: str, token: str) -> str:
+    """The message without the token (a server that echoes request headers would otherwise print it)."""
+    for form in {token, quote(token, safe=""), quote_plus(token)}:
+        message = message.replace(form, "***")
+    return message
 
 
 def resolve_token(token: str | None) -> str:
@@ -230,6 +267,7 @@ def push(
     report: Path | str | None = None,
 ) -> PushResult:
     """Upload a bitconv output folder (plus a generated model card) to `repo_id` in one commit."""
+    check_revision(revision)
     plan = plan_push(folder, repo_id, revision=revision, report=report)
     if dry_run:
         return PushResult(plan, pushed=False)
@@ -256,10 +294,11 @@ def push(
                 repo_id, operations, commit_message=plan.commit_message, commit_description=plan.commit_description,
                 revision=revision, repo_type="model",
             )
-    except BitconvError:
-        raise
+    except BitconvError as exc:
+        raise type(exc)(_scrub(str(exc), token)) from None
     except Exception as exc:  # huggingface_hub raises HTTP, network and ValueError types; each is explained
-        raise _explain(exc, step, url, repo_id) from exc
+        # not chained: the original's text may hold what the server echoed, the token included
+        raise HubError(_scrub(str(_explain(exc, step, url, repo_id)), token)) from None
     unchanged = [op.path_in_repo for op in operations
                  if op._remote_oid is not None and op._remote_oid == op._local_oid]
     return PushResult(plan, pushed=True, endpoint=url, repo_url=str(repo_url), commit_url=info.commit_url,
