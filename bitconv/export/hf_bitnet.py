@@ -57,7 +57,7 @@ def _meta_model(folder: Path, config: dict):
         hf_config = AutoConfig.for_model(**plain)
     except Exception as exc:  # transformers raises ValueError, KeyError, TypeError ... for configs it cannot read
         raise FormatError(f"{folder / 'config.json'}: transformers cannot read it ({str(exc).splitlines()[0]})") from None
-    cls = model_class_for(hf_config, default="AutoModelForCausalLM", error=FormatError)
+    cls = model_class_for(hf_config, default="AutoModelForCausalLM", error=FormatError, where=str(folder / "config.json"))
     try:
         with torch.device("meta"):
             return cls(hf_config)

@@ -114,7 +114,12 @@ class QuantConfig:
             raise OptionError(f"quantization options of config_version {version!r}: this bitconv reads version "
                               f"{CONFIG_VERSION} and older; upgrade bitconv (pip install -U bitconv)")
         names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        try:
+            return cls(**{k: v for k, v in d.items() if k in names})
+        except (TypeError, ValueError) as exc:  # a quantization_config read from a file may hold anything
+            if isinstance(exc, OptionError):
+                raise
+            raise OptionError(f"quantization_config holds a value bitconv cannot use ({exc}); re-convert the model") from None
 
     def with_(self, **changes) -> "QuantConfig":
         return replace(self, **changes)

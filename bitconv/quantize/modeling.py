@@ -115,7 +115,7 @@ def load(path: str | os.PathLike, *, dequantize: bool = False, dtype: torch.dtyp
     if hasattr(config, "quantization_config"):
         # transformers would look for a quantizer named "bitconv"; the weights are ours to place
         delattr(config, "quantization_config")
-    cls = model_class or model_class_for(config, error=FormatError)
+    cls = model_class or model_class_for(config, error=FormatError, where=str(folder / "config.json"))
     check_model_shapes(cls, config, reader.logical_shapes(), str(folder))  # on the meta device, before any memory
     torch.manual_seed(0)  # parameters missing from the file (none expected) would be initialised reproducibly
     model = cls.from_config(config) if cls.__name__.startswith("Auto") else cls(config)

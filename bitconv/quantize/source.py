@@ -247,7 +247,8 @@ def open_source(spec: str | os.PathLike, revision: str | None = None, allow_pick
 MODEL_CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*(Model|For[A-Z][A-Za-z0-9_]*)$")
 
 
-def model_class_for(config, default: str = "AutoModel", error: type[BitconvError] = SourceError):
+def model_class_for(config, default: str = "AutoModel", error: type[BitconvError] = SourceError,
+                    where: str = "config.json"):
     """The transformers class named in config.architectures, else the given Auto class.
 
     config.json is untrusted: a name is looked up only if it reads like a model class, and used only if it is a
@@ -257,16 +258,16 @@ def model_class_for(config, default: str = "AutoModel", error: type[BitconvError
 
     architectures = getattr(config, "architectures", None) or []
     if not isinstance(architectures, (list, tuple)):
-        raise error(f"config.json: architectures is {architectures!r}, not a list of model class names; fix config.json")
+        raise error(f"{where}: architectures is {architectures!r}, not a list of model class names; fix config.json")
     for arch in architectures:
         if not isinstance(arch, str) or not MODEL_CLASS_NAME.match(arch):
-            raise error(f"config.json: architectures names {arch!r}, which is not a transformers model class "
+            raise error(f"{where}: architectures names {arch!r}, which is not a transformers model class "
                         "(e.g. LlamaForCausalLM); fix config.json")
         cls = getattr(transformers, arch, None)
         if cls is None:
             continue
         if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-            raise error(f"config.json: architectures names {arch!r}, which is not a transformers model class; "
+            raise error(f"{where}: architectures names {arch!r}, which is not a transformers model class; "
                         "fix config.json")
         return cls
     return getattr(transformers, default)
