@@ -13,7 +13,7 @@ _REPO_ID = re.compile(rf"^(?:{_PART}/)?{_PART}$", re.ASCII)
 
 def is_repo_id(text: str, *, namespaced: bool = False) -> bool:
     """True for `name` or `namespace/name` (only the latter when `namespaced`), as the Hub accepts them."""
-    if not _REPO_ID.match(text) or "--" in text or ".." in text:
+    if not _REPO_ID.fullmatch(text) or "--" in text or ".." in text:
         return False
     return "/" in text or not namespaced
 
@@ -24,7 +24,7 @@ _REVISION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$", re.ASCII)
 
 def check_revision(revision: str) -> None:
     """A branch to commit to (git's ref name rules, which the Hub applies)."""
-    bad = (not _REVISION.match(revision) or ".." in revision or "//" in revision or revision.endswith(("/", ".", ".lock"))
+    bad = (not _REVISION.fullmatch(revision) or ".." in revision or "//" in revision or revision.endswith(("/", ".", ".lock"))
            or any(part.startswith(".") for part in revision.split("/")))
     if bad:
         raise OptionError(

@@ -15,32 +15,8 @@ from bitconv.errors import BitconvError
 from bitconv.format.summary import summarize
 from bitconv.hub.push import plan_push, push
 from bitconv.report.model_card import front_matter
-from support.hub_server import HubServer, HubState
-from support.packed_files import write_bitconv_folder
-
-TOKEN = "hf_test_write_token"
-SOURCE_README = "---\nlicense: apache-2.0\nlanguage: en\n---\n# SmolLM2\nThe source card.\n"
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A fresh loopback Hub; HF_TOKEN and HF_ENDPOINT point at it; no saved login is visible."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    with HubServer(HubState(tokens={TOKEN: "test-user", "hf_other_user": "other-user"})) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
-        assert server.state.unhandled == [], "the client called endpoints the test Hub does not implement"
-
-
-@pytest.fixture
-def folder(tmp_path):
-    return write_bitconv_folder(tmp_path / "smol-1.58", readme=SOURCE_README)
+from support.hub_server import TEST_TOKEN as TOKEN
+from support.hub_server import HubServer
 
 
 def folder_digest(folder: Path) -> dict[str, str]:
@@ -215,7 +191,7 @@ def test_no_write_access(hub, folder):
 
 
 @pytest.mark.parametrize("repo_id", ["no-namespace", "a/b/c", "user/-bad", "user/bad..name", "user/bad name",
-                                     "user/" + "x" * 97, "/name", "user/", "usér/model"])
+                                     "user/" + "x" * 97, "/name", "user/", "usér/model", "user/name\n"])
 def test_malformed_repo_id(hub, folder, repo_id):
     with pytest.raises(BitconvError, match="malformed repo id") as excinfo:
         push(folder, repo_id)

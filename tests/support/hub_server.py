@@ -37,6 +37,7 @@ import yaml
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".onnx", ".pt", ".pth", ".npy", ".h5", ".msgpack", ".ot", ".model")
 REGULAR_MAX_BYTES = 10 * 1024 * 1024  # the Hub sends bigger files through LFS whatever their name
+TEST_TOKEN = "hf_test_write_token"  # the token of user "test-user"
 INITIAL_GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.gguf filter=lfs diff=lfs merge=lfs -text\n"
 
 
@@ -64,14 +65,16 @@ class Repo:
 
 @dataclass
 class HubState:
-    tokens: dict[str, str] = field(default_factory=lambda: {"hf_test_write_token": "test-user"})
+    tokens: dict[str, str] = field(default_factory=lambda: {TEST_TOKEN: "test-user"})
     repos: dict[str, Repo] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)  # LFS store: sha256 hex -> content
     parts: dict[tuple[str, int], bytes] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     unhandled: list[tuple[str, str]] = field(default_factory=list)  # requests for endpoints not implemented here
     # failure injection: {"drop_lfs_upload": n} drops the next n LFS uploads half-way through their body,
-    # {"drop_commit": n} drops the next n commit requests after reading them, before answering
+    # {"drop_commit": n} drops the next n commit requests after reading them, before answering,
+    # {"echo_headers": n} answers the next n requests with a 500 whose body repeats the request's headers (a
+    # misconfigured proxy), token included
     fail: dict[str, int] = field(default_factory=dict)
     multipart_threshold: int = 1 << 62  # objects at least this big are asked for in parts
     multipart_chunk: int = 5 * 1024 * 1024
@@ -216,6 +219,11 @@ class HubHandler(BaseHTTPRequestHandler):
     def route(self, method: str) -> None:
         path = urlparse(self.path).path
         self.state.requests.append((method, path))
+        if self.state.take_failure("echo_headers"):
+            self.read_body()
+            headers = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
+            self.send(500, {"error": f"internal error handling {method} {path} with headers {headers}"})
+            return
         for m, pattern, name in self.ROUTES:
             match = re.fullmatch(pattern, path)
             if m == method and match:
