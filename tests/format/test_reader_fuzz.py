@@ -5,13 +5,16 @@ different values)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bitconv.errors import FormatError
+from bitconv.format.reader import PackedReader
 from support.hostile_files import Mutations, load_model, read_everything, write_base
+from support.isolation import one_line_error
 
 N_RANDOM = 330
 
@@ -86,3 +89,24 @@ def test_an_empty_tensor_numpy_cannot_make_is_refused(corpus, tmp_path, dtype):
     raw = corpus.make(lambda m: (m.entry("empty").put("dtype", dtype), m.entry("empty").put("shape", [0, 2**63 - 1])))
     result, message = outcome(tmp_path, raw, {}, f"{dtype} [0, 2^63-1]")
     assert result == "refused" and "too large for an array of any dtype" in message
+
+
+def test_inspect_refuses_every_broken_header_in_one_line(corpus, tmp_path, run_cli):
+    """Through the command line: a file the reader refuses when opening it makes `inspect` exit 1 with that one line
+    (control characters from the file shown escaped, never sent to the terminal); stored values are checked when a
+    weight is decoded, so those files still list."""
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "bitconv", "format": "bitconv-packed", "format_version": 1, "bits": 1.58}}))
+    escape = ("dtype with an escape sequence", corpus.make(lambda m: m.entry("u8").put("dtype", "\x1b[31mU8")),
+              "unsupported dtype")
+    for label, raw, message in [*corpus.rules(), escape]:
+        (tmp_path / "model.safetensors").write_bytes(raw)
+        try:
+            PackedReader(tmp_path)
+        except FormatError as exc:
+            code, _, err = run_cli("inspect", tmp_path)
+            assert code == 1 and one_line_error(err) == f"error: {exc}".replace("\x1b", "\\x1b"), label
+            assert "\x1b" not in err and message in err, label
+            continue
+        code, _, err = run_cli("inspect", tmp_path)
+        assert code == 0, (label, err)
