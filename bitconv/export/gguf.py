@@ -21,17 +21,18 @@ of 32) and listed in the result as a fallback, never silently.
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from bitconv.errors import ExportError
+from bitconv.errors import ExportError, FormatError
 from bitconv.export import ExportResult
 from bitconv.format.atomic import check_output, staged_file
 from bitconv.format.layouts import QK_K, TQ_ENCODERS
 from bitconv.format.reader import PackedReader, open_bitconv_folder
+from bitconv.format.safetensors import read_json_file
 from bitconv.format.spec import TensorSpec
 
 SUPPORTED = ("llama", "gpt2")
@@ -141,11 +142,12 @@ def _write_hparams(writer, arch: str, config: dict) -> None:
         writer.add_vocab_size(config["vocab_size"])
 
 
-def _pre_tokenizer_name(tokenizer_json: dict, arch: str) -> str:
+def _pre_tokenizer_name(tokenizer_json, arch: str) -> str:
     """llama.cpp's name for the pre-tokenizer (the regex split before BPE), read from tokenizer.json's shape."""
-    pre = tokenizer_json.get("pre_tokenizer") or {}
+    pre = (tokenizer_json.get("pre_tokenizer") if isinstance(tokenizer_json, dict) else None) or {}
+    pre = pre if isinstance(pre, dict) else {}
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    types = [s.get("type") for s in steps]
+    types = [s.get("type") if isinstance(s, dict) else None for s in (steps if isinstance(steps, list) else [])]
     if types == ["ByteLevel"]:
         return "gpt-2"
     if types == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
@@ -160,29 +162,35 @@ def _write_tokenizer(writer, folder: Path, n_vocab: int, arch: str) -> None:
     import gguf
     from gguf.vocab import BpeVocab, SpecialVocab
 
+    from bitconv.quantize.source import check_side_files
+
     tokenizer_path = folder / "tokenizer.json"
-    if not tokenizer_path.is_file():
+    if not os.path.lexists(tokenizer_path):
         raise ExportError(f"{folder}: no tokenizer.json; llama.cpp needs the vocabulary: convert from a source "
                            "that has its tokenizer (a folder, a Hub id, or a GGUF file)")
-    try:
+    check_side_files(folder)
+    pre = _pre_tokenizer_name(read_json_file(tokenizer_path, fix="re-convert the model"), arch)
+    try:  # gguf-py reads the tokenizer files as trusted: anything odd in them raises some exception
         vocab = BpeVocab(folder)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ExportError(f"{tokenizer_path}: not a GPT-2 style byte-level BPE tokenizer ({exc}); "
+        tokens, types = [], []
+        for text, _score, toktype in vocab.all_tokens():
+            tokens.append(text if isinstance(text, str) else text.decode("utf-8"))
+            types.append(toktype)
+        special = SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ExportError(f"{tokenizer_path}: not a GPT-2 style byte-level BPE tokenizer ({reason}); "
                            "this GGUF export writes only those") from None
-    tokens, types = [], []
-    for text, _score, toktype in vocab.all_tokens():
-        tokens.append(text if isinstance(text, str) else text.decode("utf-8"))
-        types.append(toktype)
     if len(tokens) > n_vocab:
         raise ExportError(f"{tokenizer_path}: {len(tokens)} tokens but the model has {n_vocab} embeddings")
     for i in range(len(tokens), n_vocab):  # padded vocabularies: rows without a token
         tokens.append(f"[PAD{i}]")
         types.append(gguf.TokenType.UNUSED)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer_name(json.loads(tokenizer_path.read_text()), arch))
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    SpecialVocab(folder, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+    special.add_to_gguf(writer, quiet=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -242,12 +250,14 @@ def export_gguf(folder: Path | str, out: Path | str, *, ggml_type: str = "tq2_0"
     import gguf
 
     from bitconv.display import task_progress
+    from bitconv.quantize.source import load_config
 
     folder, out = Path(folder), Path(out)
     ggml_type = ggml_type.lower()
     if ggml_type not in TQ_ENCODERS:
         raise ExportError(f"unknown --type {ggml_type!r}: use tq2_0 (2.06 bits/weight) or tq1_0 (1.69 bits/weight)")
     config, reader = open_bitconv_folder(folder)
+    load_config(folder, error=FormatError)  # the values transformers checks (RoPE, epsilons), as every other path
     arch = config.get("model_type")
     if arch not in SUPPORTED:
         raise ExportError(f"{folder}: model type {arch!r} has no GGUF export; supported: {', '.join(SUPPORTED)}")

@@ -26,7 +26,7 @@ from bitconv.format.vocab import FORMAT_NAME, FORMAT_VERSION, NP_TO_ST, QUANT_ME
 from bitconv.quantize.config import QuantConfig, parse_size
 from bitconv.quantize.plan import Plan, PlanRow, plan_for_source
 from bitconv.quantize.schemes import encode, quantize
-from bitconv.quantize.source import Source, open_source
+from bitconv.quantize.source import Source, check_side_files, open_source
 from bitconv.report.model_card import conversion_card
 
 
@@ -63,11 +63,10 @@ def _copy_side_files(src: Source, folder: Path) -> None:
 
         load_tokenizer(Path(src.folder) / src.gguf_file).save_pretrained(str(folder))
         return
+    check_side_files(Path(src.folder))
     for name in SIDE_FILES:
         path = Path(src.folder) / name
         if path.exists():
-            if not path.is_file():  # a FIFO would block the copy forever
-                raise SourceError(f"{path}: not a regular file (a FIFO, a device or a folder); fix the source folder")
             shutil.copyfile(path, folder / name)
 
 

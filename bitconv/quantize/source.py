@@ -339,6 +339,15 @@ def load_original(spec: str | os.PathLike, revision: str | None = None, dtype: t
         raise SourceError(f"{src.folder}: transformers cannot load it as {cls.__name__} ({str(exc).splitlines()[0]})") from None
 
 
+def check_side_files(folder: Path) -> None:
+    """The tokenizer and generation files of a model folder are regular files: a FIFO would block the reader that
+    opens it (transformers, a copy) forever."""
+    for name in SIDE_FILES:
+        path = Path(folder) / name
+        if os.path.lexists(path) and not path.is_file():
+            raise SourceError(f"{path}: not a regular file (a FIFO, a device or a folder); fix the model folder")
+
+
 def load_tokenizer(spec: str | os.PathLike):
     from transformers import AutoTokenizer
 
@@ -348,6 +357,10 @@ def load_tokenizer(spec: str | os.PathLike):
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         if not path.exists():
             path = open_source(spec).folder
+        check_side_files(path)
         return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"{spec}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
+    except BitconvError:
+        raise
+    except Exception as exc:  # tokenizer files are untrusted: transformers raises KeyError, TypeError, ... on odd ones
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SourceError(f"{spec}: no usable tokenizer ({reason})") from None

@@ -144,3 +144,24 @@ def test_config_json_that_does_not_match_the_weights_is_refused_by_load(run_cli,
     assert message in str(info.value) and "\n" not in str(info.value)
     code, _, err = run_cli("eval", folder, "--data", FIXTURE_TEXT, "--max-tokens", "64", "--latency-repeats", "0")
     assert code == 1 and message in one_line_error(err)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("tokenizer.json", '{"model": 5}'),
+    ("tokenizer.json", "{not json"),
+    ("generation_config.json", "{not json"),
+    ("config.json", None),  # rope_scaling 5
+    ("config.json", "rms"),  # rms_norm_eps "x"
+])
+def test_side_files_and_config_values_that_break_parsers_are_one_line(run_cli, folder, tmp_path, name, text):
+    if name == "config.json":
+        edit_config(folder, **({"rope_scaling": 5} if text is None else {"rms_norm_eps": "x"}))
+    else:
+        (folder / name).write_text(text)
+    before = snapshot(folder)
+    for args in (("export", folder, "--gguf", tmp_path / "x.gguf"),
+                 ("eval", folder, "--data", FIXTURE_TEXT, "--max-tokens", "32", "--latency-repeats", "0")):
+        code, _, err = run_cli(*map(str, args))
+        assert code == 1, (args, err)
+        one_line_error(err)
+    assert snapshot(folder) == before and not (tmp_path / "x.gguf").exists()
