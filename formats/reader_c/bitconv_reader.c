@@ -805,19 +805,26 @@ static int parse_packed_entry(bcr_file *f, long index, const char *name, const j
         if (check_part(f, p, index, PART_OIDX, "I64", 1, dims, err, err_len)) return -1;
         if (check_part(f, p, index, PART_OVAL, "F16", 1, dims, err, err_len)) return -1;
     }
-    /* a part the entry does not use would be read as a plain tensor by one reader and ignored by another */
-    for (k = 0; k < N_PARTS; k++) {
-        char *part_name;
-        long idx;
-        if (p->part[k] >= 0) continue;
-        if (find_part(f, p, k, &idx, &part_name, err, err_len)) return -1;
-        if (idx >= 0) {
-            set_err(err, err_len, "%s: tensor '%s' is stored, but the spec of packed weight '%s' has no such part; the file is corrupt",
-                    f->path, part_name, name);
-            free(part_name);
-            return -1;
+    return 0;
+}
+
+/* Names ending in a part suffix are reserved for parts: a `.qzero` the entry does not use, or the parts of an
+ * entry missing from bitconv.tensors, would be plain tensors to one reader and ignored by another. */
+static int check_orphan_parts(bcr_file *f, char *err, size_t err_len) {
+    size_t k, n;
+    int part;
+    for (k = 0; k < f->n_stored; k++) {
+        const stored_t *t = &f->stored[k];
+        if (t->owner >= 0) continue;
+        n = strlen(t->name);
+        for (part = 0; part < N_PARTS; part++) {
+            size_t s = strlen(PART_SUFFIX[part]);
+            if (n >= s && !strcmp(t->name + n - s, PART_SUFFIX[part])) {
+                set_err(err, err_len, "%s: tensor '%s' is named as a part (%s) of packed weight '%.*s', whose bitconv.tensors entry is missing or has no such part; the file is corrupt",
+                        f->path, t->name, PART_SUFFIX[part], (int)(n - s), t->name);
+                return -1;
+            }
         }
-        free(part_name);
     }
     return 0;
 }
@@ -855,7 +862,7 @@ static int parse_bitconv_metadata(bcr_file *f, char *err, size_t err_len) {
         if (parse_packed_entry(f, (long)k, f->tensors_meta.keys[k], &f->tensors_meta.items[k], err, err_len)) return -1;
         f->n_packed++;
     }
-    return 0;
+    return check_orphan_parts(f, err, err_len);
 }
 
 /* The logical list: each packed weight once, at the position of its first stored part, and plain tensors. */
