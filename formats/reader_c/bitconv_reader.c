@@ -640,18 +640,6 @@ static int64_t code_row_bytes(const packed_t *p) {
     return ceil_div(p->in, 4); /* uint2 */
 }
 
-/* The stored tensor `p->name + suffix`, or -1. Names are built on the heap: a fixed buffer would cut a long
- * name short and could then find some other tensor. */
-static int find_part(bcr_file *f, const packed_t *p, int part, long *idx, char **name, char *err, size_t err_len) {
-    size_t n = strlen(p->name), s = strlen(PART_SUFFIX[part]);
-    *name = (char *)malloc(n + s + 1);
-    if (!*name) { set_err(err, err_len, "%s: out of memory", f->path); return -1; }
-    memcpy(*name, p->name, n);
-    memcpy(*name + n, PART_SUFFIX[part], s + 1);
-    *idx = find_stored(f, *name);
-    return 0;
-}
-
 static int check_part(bcr_file *f, packed_t *p, long packed_index, int part, const char *dtype, int ndim,
                       const int64_t *shape, char *err, size_t err_len) {
     char *name;
@@ -659,7 +647,13 @@ static int check_part(bcr_file *f, packed_t *p, long packed_index, int part, con
     stored_t *t;
     int k, same;
     char want[64];
-    if (find_part(f, p, part, &idx, &name, err, err_len)) return -1;
+    size_t n = strlen(p->name), s = strlen(PART_SUFFIX[part]);
+    /* on the heap: a fixed buffer would cut a long name short, and the cut name could find another tensor */
+    name = (char *)malloc(n + s + 1);
+    if (!name) { set_err(err, err_len, "%s: out of memory", f->path); return -1; }
+    memcpy(name, p->name, n);
+    memcpy(name + n, PART_SUFFIX[part], s + 1);
+    idx = find_stored(f, name);
     if (idx < 0) {
         set_err(err, err_len, "%s: tensor '%s' is missing (needed by packed weight '%s'); the file is corrupt",
                 f->path, name, p->name);
