@@ -19,6 +19,7 @@ import torch
 
 from bitconv.errors import SourceError
 from bitconv.format.safetensors import read_safetensors_header
+from bitconv.format.vocab import DTYPE_BY_ST, torch_dtype
 from bitconv.hub.ids import is_repo_id
 
 # files copied unchanged from a source folder into a converted folder
@@ -28,9 +29,6 @@ SIDE_FILES = (
     "sentence_bert_config.json", "modules.json", "config_sentence_transformers.json",
 )
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
-TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                "BOOL": torch.bool}
 
 
 @dataclass
@@ -61,8 +59,8 @@ class Source:
         if self._tensors:
             return str(self._tensors[name].dtype).replace("torch.", "")
         st = self._headers[name]["dtype"]
-        return {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
-                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}.get(st, st.lower())
+        row = DTYPE_BY_ST.get(st)
+        return row.name if row is not None else st.lower()
 
     def file_of(self, name: str) -> str:
         return str(self._files.get(name, self.gguf_file or self.folder))
@@ -73,7 +71,7 @@ class Source:
             return self._tensors[name]
         path = self._files[name]
         info = self._headers[name]
-        dtype = TORCH_DTYPES.get(info["dtype"])
+        dtype = torch_dtype(info["dtype"])
         if dtype is None:
             raise SourceError(f"{path}: tensor '{name}' has dtype {info['dtype']}, which bitconv cannot read")
         begin, end = info["data_offsets"]

@@ -344,9 +344,9 @@ def test_minilm_sentiment_classifier_keeps_its_accuracy_at_int8(minilm_dir, tmp_
     """all-MiniLM-L6-v2 with a logistic-regression head fitted on 400 SST-2 sentences, then converted."""
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    from support.paths import SHARED_DATA
+    from support.paths import shared_data
 
-    train = read_examples(SHARED_DATA / "sst2" / "train.tsv", max_examples=400)
+    train = read_examples(shared_data("sst2", "train.tsv"), max_examples=400)
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=2,
                                                           id2label={0: "negative", 1: "positive"},
@@ -370,7 +370,7 @@ def test_minilm_sentiment_classifier_keeps_its_accuracy_at_int8(minilm_dir, tmp_
     folder = tmp_path / "minilm-sst2"
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
-    data = SHARED_DATA / "sst2" / "validation.tsv"
+    data = shared_data("sst2", "validation.tsv")
     fp = evaluate_model(str(folder), EvalConfig("classify", str(data), max_examples=300, latency_repeats=2), progress=False)
     assert fp["metrics"]["accuracy"] > 0.65  # a linear probe on frozen MiniLM; chance is ~0.5
     q = bitconv.convert(folder, tmp_path / "minilm-sst2-int8", QuantConfig.for_bits(8), progress=False).out
