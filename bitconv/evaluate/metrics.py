@@ -126,7 +126,7 @@ def perplexity(backend: Backend, data: TextSlice, context: int = 512, stride: in
             for row, (b, e, first) in enumerate(group):
                 # logits at position p predict token p + 1
                 pred = logits[row, first - b - 1:e - b - 1]
-                target = ids[first:e]
+                target = ids[first:e].to(pred.device)
                 nll_nats += F.cross_entropy(pred, target, reduction="sum").double().item()
                 n_scored += e - first
                 advance(f"{n_scored} tokens")
