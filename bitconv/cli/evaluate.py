@@ -58,12 +58,14 @@ LatencyRepeats = Annotated[int, typer.Option(help="Timed forward passes for the 
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
 
 
-def _eval_options(context, stride, start_fraction, end_fraction, max_tokens, batch_size, text_column, label_column,
-                  header, delimiter, label_map, labels, template, max_examples, latency_repeats) -> dict:
-    return dict(context=context, stride=stride, start_fraction=start_fraction, end_fraction=end_fraction,
-                max_tokens=max_tokens, batch_size=batch_size, text_column=text_column, label_column=label_column,
-                header=header, delimiter=delimiter, label_map=label_map, labels=labels, template=template,
-                max_examples=max_examples, latency_repeats=latency_repeats)
+def _eval_config(task, data, context, stride, start_fraction, end_fraction, max_tokens, batch_size, text_column,
+                 label_column, header, delimiter, label_map, labels, template, max_examples, latency_repeats):
+    from bitconv.evaluate.run import EvalConfig
+
+    return EvalConfig(task=task, data=str(data), context=context, stride=stride, start_fraction=start_fraction,
+                      end_fraction=end_fraction, max_tokens=max_tokens, batch_size=batch_size, text_column=text_column,
+                      label_column=label_column, header=header, delimiter=delimiter, label_map=label_map,
+                      labels=labels, template=template, max_examples=max_examples, latency_repeats=latency_repeats)
 
 
 def _local(*paths) -> list[Path]:
@@ -130,15 +132,16 @@ def register(app: typer.Typer) -> None:
         progress: Progress = True,
     ) -> None:
         """Perplexity or classification metrics, plus size, memory and latency, of one model."""
-        from bitconv.evaluate.metrics import evaluate_model
         from bitconv.evaluate.results import write_result
+        from bitconv.evaluate.run import evaluate_model
         from bitconv.format.atomic import check_output
 
         if json_out:  # checked before the evaluation: a result file replaces an older one, never an input
             check_output(json_out, force=True, inputs=_local(model, data), option="--json", kind="file")
-        result = evaluate_model(model, task, str(data), name=name, progress=progress, **_eval_options(
-            context, stride, start_fraction, end_fraction, max_tokens, batch_size, text_column, label_column, header,
-            delimiter, label_map, labels, template, max_examples, latency_repeats))
+        config = _eval_config(task, data, context, stride, start_fraction, end_fraction, max_tokens, batch_size,
+                              text_column, label_column, header, delimiter, label_map, labels, template, max_examples,
+                              latency_repeats)
+        result = evaluate_model(model, config, name=name, progress=progress)
         console.print(_result_table(result))
         if json_out:
             write_result(json_out, result)
@@ -183,11 +186,10 @@ def register(app: typer.Typer) -> None:
             check_output(json_out, force=True, inputs=_local(source, data), option="--json", kind="file")
         convert_options = dict(granularity=granularity, scale_method=scale, keep_outliers=keep_outliers,
                                embeddings=embeddings, activations=activations)
-        rows = run_compare(source, out, bits, task=task, data=str(data), convert_options=convert_options,
-                           eval_options=_eval_options(context, stride, start_fraction, end_fraction, max_tokens,
-                                                      batch_size, text_column, label_column, header, delimiter,
-                                                      label_map, labels, template, max_examples, latency_repeats)
-                           | {"progress": progress},
+        config = _eval_config(task, data, context, stride, start_fraction, end_fraction, max_tokens, batch_size,
+                              text_column, label_column, header, delimiter, label_map, labels, template, max_examples,
+                              latency_repeats)
+        rows = run_compare(source, out, bits, eval_config=config, convert_options=convert_options,
                            keep_models=keep_models, progress=progress,
                            log=lambda line: console.print(line, markup=False, highlight=False))
         table = Table(title=f"compare {source} -> {out}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bitconv.errors import BitconvError, OptionError
 from bitconv.evaluate.results import failed_result, read_result, write_result
+from bitconv.evaluate.run import EvalConfig
 from bitconv.format.atomic import check_output
 from bitconv.format.vocab import BITS_TO_SCHEME
 from bitconv.quantize.config import QuantConfig, parse_bits
@@ -50,39 +51,39 @@ def _error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def _evaluate_to_file(model: str, task: str, data: str, eval_options: dict, name: str, path: str) -> None:
+def _evaluate_to_file(model: str, config: EvalConfig, name: str, path: str, progress: bool) -> None:
     """Evaluate and write the result file; a failure is written as a failed result. Runs in the child process."""
-    from bitconv.evaluate.metrics import evaluate_model
+    from bitconv.evaluate.run import evaluate_model
 
     try:
-        result = evaluate_model(model, task, data, name=name, **eval_options)
+        result = evaluate_model(model, config, name=name, progress=progress)
     except Exception as exc:  # any failure belongs to this run: record it, let the other runs go on
         if not isinstance(exc, BitconvError):
             traceback.print_exc()
-        result = failed_result(name, {"source": model}, {"name": task, "data": str(data)}, _error_line(exc))
+        result = failed_result(name, {"source": model}, {"name": config.task, "data": config.data}, _error_line(exc))
     write_result(path, result)
 
 
-def _evaluate_isolated(model: str, task: str, data: str, eval_options: dict, name: str, path: Path) -> None:
+def _evaluate_isolated(model: str, config: EvalConfig, name: str, path: Path, progress: bool) -> None:
     ctx = multiprocessing.get_context("spawn")
-    process = ctx.Process(target=_evaluate_to_file, args=(model, task, data, eval_options, name, str(path)))
+    process = ctx.Process(target=_evaluate_to_file, args=(model, config, name, str(path), progress))
     process.start()
     process.join()
     if process.exitcode != 0 and not path.exists():
         why = f"killed by signal {-process.exitcode}" if process.exitcode < 0 else f"exit code {process.exitcode}"
         if process.exitcode == -9:
             why += " (out of memory?)"
-        write_result(path, failed_result(name, {"source": model}, {"name": task, "data": str(data)},
+        write_result(path, failed_result(name, {"source": model}, {"name": config.task, "data": config.data},
                                          f"the evaluation process died ({why})"))
 
 
-def compare(source: str, out: str | Path, bits: list[float] | str = "16,8,4,2,1.58,1", *, task: str, data: str,
-            convert_options: dict | None = None, eval_options: dict | None = None, isolate: bool = True,
-            keep_models: bool = True, progress: bool = True, log=print) -> list[dict]:
-    """Convert `source` with each of `bits` and evaluate it; returns one summary row per run.
+def compare(source: str, out: str | Path, bits: list[float] | str = "16,8,4,2,1.58,1", *, eval_config: EvalConfig,
+            convert_options: dict | None = None, isolate: bool = True, keep_models: bool = True, progress: bool = True,
+            log=print) -> list[dict]:
+    """Convert `source` with each of `bits` and evaluate every width with `eval_config`; one summary row per run.
 
-    Results are written to `out/<run>.json`. `convert_options` are QuantConfig.for_bits keywords shared by every width (granularity, scale_method, ...),
-    `eval_options` to bitconv.evaluate.metrics.evaluate_model (context, max_tokens, ...).
+    Results are written to `out/<run>.json`. `convert_options` are QuantConfig.for_bits keywords shared by every
+    width (granularity, scale_method, ...).
     """
     from bitconv.data.files import read_examples, text_slice
     from bitconv.evaluate.cost import quantization_errors
@@ -96,13 +97,13 @@ def compare(source: str, out: str | Path, bits: list[float] | str = "16,8,4,2,1.
         raise OptionError(f"unknown conversion options {sorted(unknown)}; use {', '.join(CONVERT_OPTIONS)}")
     # every width's QuantConfig is built (and so checked) before anything is converted
     configs = {b: QuantConfig.for_bits(b, **convert_options) for b in bits_list}
-    eval_options = dict(eval_options or {})
+    ec = eval_config
+    task, data = ec.task, ec.data
     # check the data before converting anything: a typo should not cost six conversions
     if task == "perplexity":
-        text_slice(data, eval_options.get("start_fraction", 0.0), eval_options.get("end_fraction", 1.0))
+        text_slice(data, ec.start_fraction, ec.end_fraction)
     else:
-        read_examples(data, eval_options.get("text_column", "sentence"), eval_options.get("label_column", "label"),
-                      eval_options.get("header"), eval_options.get("delimiter"), 1)
+        read_examples(data, ec.text_column, ec.label_column, ec.header, ec.delimiter, 1)
     out = Path(out).expanduser()
     source_path = Path(str(source)).expanduser()
     check_output(out, force=False, inputs=[source_path] if source_path.exists() else [], kind="results")
@@ -138,9 +139,9 @@ def compare(source: str, out: str | Path, bits: list[float] | str = "16,8,4,2,1.
         log(f"[{name}] evaluating ...")
         result_path.unlink(missing_ok=True)
         if isolate:
-            _evaluate_isolated(str(folder), task, data, eval_options, name, result_path)
+            _evaluate_isolated(str(folder), ec, name, result_path, progress)
         else:
-            _evaluate_to_file(str(folder), task, data, eval_options, name, str(result_path))
+            _evaluate_to_file(str(folder), ec, name, str(result_path), progress)
         result = read_result(result_path)
         result["run"] = run_info
         result["quantization_error"] = errors

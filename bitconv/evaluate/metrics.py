@@ -14,9 +14,7 @@ bytes of exactly the text those scored tokens cover.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -128,7 +126,7 @@ def perplexity(backend: Backend, data: TextSlice, context: int = 512, stride: in
             for row, (b, e, first) in enumerate(group):
                 # logits at position p predict token p + 1
                 pred = logits[row, first - b - 1:e - b - 1]
-                target = ids[first:e]
+                target = ids[first:e].to(pred.device)
                 nll_nats += F.cross_entropy(pred, target, reduction="sum").double().item()
                 n_scored += e - first
                 advance(f"{n_scored} tokens")
@@ -192,7 +190,7 @@ def classification_metrics(y_true: list[int], y_pred: list[int], class_names: di
     }
 
 
-def _max_length(backend: Backend) -> int:
+def max_input_length(backend: Backend) -> int:
     limits = [backend.max_positions or 512, getattr(backend.tokenizer, "model_max_length", None) or 512]
     return min(x for x in limits if x > 0)
 
@@ -214,7 +212,7 @@ def classify(backend: Backend, examples: Examples, label_map: dict[str, int] | N
     if backend.module is not None and getattr(backend.config, "pad_token_id", None) is None:
         # sequence classifiers over causal models find each row's last token through pad_token_id
         backend.config.pad_token_id = tokenizer.pad_token_id
-    max_length = _max_length(backend)
+    max_length = max_input_length(backend)
     # longest first, so each batch pads little and the order (hence the result) is fixed
     order = sorted(range(len(examples.texts)), key=lambda i: (-len(examples.texts[i]), i))
     y_pred = [0] * len(order)
@@ -251,7 +249,7 @@ def zero_shot(backend: Backend, examples: Examples, labels: list[str], template:
     id2label = dict(enumerate(labels))
     y_true = label_ids(examples.labels, id2label, label_map, examples.path, what="--labels")
     tokenizer = backend.tokenizer
-    limit = _max_length(backend)
+    limit = max_input_length(backend)
     y_pred = []
     with task_progress("zero-shot", total=len(examples.texts), enabled=progress) as advance:
         for text in examples.texts:
@@ -277,95 +275,3 @@ def zero_shot(backend: Backend, examples: Examples, labels: list[str], template:
             advance()
     return {"mode": "zero-shot", "labels": labels, "template": template,
             **classification_metrics(y_true, y_pred, id2label)}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# one evaluation run: data -> model -> task -> cost -> result (bitconv.results)
-
-TASKS = ("perplexity", "classify")
-
-
-def _model_info(backend: Backend) -> dict:
-    from bitconv.format.vocab import BITS_TO_SCHEME
-
-    qc = backend.quantization_config or None
-    bits = qc.get("bits") if qc else None
-    return {"source": backend.source, "runtime": backend.runtime, "origin": backend.origin,
-            "architecture": backend.architecture, "kind": backend.kind, "quantization_config": qc,
-            "bits": bits, "scheme": BITS_TO_SCHEME.get(float(bits)) if bits is not None else None}
-
-
-def _cost(backend: Backend, latency_ids: torch.Tensor | None, latency_mask: torch.Tensor | None, repeats: int) -> dict:
-    from bitconv.evaluate import cost
-    from bitconv.format.reader import is_bitconv_folder
-
-    folder = Path(backend.source).expanduser()
-    result = {"disk": cost.disk_bytes(backend),
-              "weights_in_memory": cost.weight_memory(backend.module) if backend.module is not None else None,
-              "weights_in_file": cost.file_weight_bytes(folder) if backend.origin == "bitconv" and
-              is_bitconv_folder(folder) else None,
-              "latency": None}
-    if repeats > 0 and latency_ids is not None:
-        result["latency"] = cost.latency(backend, latency_ids, latency_mask, repeats=repeats)
-    result["peak_rss_bytes"] = cost.peak_rss_bytes()
-    return result
-
-
-def evaluate_model(model: str, task: str, data: str, *, name: str | None = None, context: int = 512,
-                   stride: int | None = None, start_fraction: float = 0.0, end_fraction: float = 1.0,
-                   max_tokens: int | None = None, batch_size: int | None = None, text_column: str = "sentence",
-                   label_column: str = "label", header: bool | None = None, delimiter: str | None = None,
-                   label_map: str | None = None, labels: str | None = None, template: str | None = None,
-                   max_examples: int | None = None, latency_repeats: int = 5, latency_tokens: int = 128,
-                   progress: bool = True, backend: Backend | None = None) -> dict:
-    """Evaluate `model` on `task` with `data`; returns a result (bitconv.results schema).
-
-    The data are read and checked before the model is loaded, so bad input fails fast. `backend` lets a
-    caller that already opened the model (compare, benchmarks) reuse it.
-    """
-    from bitconv.data.files import parse_label_map, read_examples, text_slice
-    from bitconv.evaluate.backends import open_backend
-    from bitconv.evaluate.results import new_result
-
-    start = time.perf_counter()
-    if task not in TASKS:
-        raise DataError(f"unknown --task {task!r}: choose {' or '.join(TASKS)}")
-    if latency_repeats < 0:
-        raise DataError(f"--latency-repeats {latency_repeats}: must be 0 (off) or more")
-    if task == "perplexity":
-        data_slice = text_slice(data, start_fraction, end_fraction)
-        task_info = {"name": task, "data": str(data), "data_sha256": data_slice.file_sha256,
-                     "start_fraction": start_fraction, "end_fraction": end_fraction,
-                     "slice_chars": [data_slice.start_char, data_slice.end_char], "file_chars": data_slice.file_chars,
-                     "max_tokens": max_tokens, "context": context, "stride": stride or context,
-                     "batch_size": batch_size or 1}
-    else:
-        examples = read_examples(data, text_column, label_column, header, delimiter, max_examples)
-        mapping = parse_label_map(label_map)
-        if labels is not None and (template is None or "{text}" not in template):
-            raise DataError("--labels needs --template with a {text} placeholder, "
-                               "e.g. --template \"Review: {text}\\nSentiment:\"")
-        task_info = {"name": task, "data": str(data), "data_sha256": examples.file_sha256,
-                     "text_column": examples.text_column, "label_column": examples.label_column,
-                     "header": examples.header, "n_examples": len(examples.texts), "max_examples": max_examples,
-                     "label_map": mapping, "labels": labels, "template": template}
-    backend = backend or open_backend(model)
-    result = new_result(name or Path(str(model).rstrip("/")).name, _model_info(backend), task_info)
-    lat_ids = lat_mask = None
-    if task == "perplexity":
-        result["metrics"] = perplexity(backend, data_slice, context, stride, max_tokens, batch_size or 1, progress)
-        n = min(latency_tokens, context)
-        lat_ids = torch.tensor([tokenize_text(backend.tokenizer, data_slice.text, n).ids])
-    else:
-        if labels is not None:
-            # the shell passes "\n" as two characters; templates mean a newline
-            tmpl = template.replace("\\n", "\n").replace("\\t", "\t")
-            result["metrics"] = zero_shot(backend, examples, labels.split(","), tmpl, mapping, progress)
-        else:
-            result["metrics"] = classify(backend, examples, mapping, batch_size or 32, progress)
-        enc = backend.tokenizer([examples.texts[0]], truncation=True, max_length=_max_length(backend),
-                                return_tensors="pt")
-        lat_ids, lat_mask = enc["input_ids"], enc["attention_mask"]
-    result["cost"] = _cost(backend, lat_ids, lat_mask, latency_repeats)
-    result["seconds"] = time.perf_counter() - start
-    return result

@@ -10,7 +10,7 @@ import numpy as np
 
 from bitconv.errors import OptionError, SourceError
 from bitconv.format.spec import PlannedTensor, TensorSpec
-from bitconv.format.vocab import FLOAT_DTYPE_NAMES, category_of, category_totals
+from bitconv.format.vocab import DTYPE_BY_NAME, FLOAT_DTYPE_NAMES, category_of, category_totals
 from bitconv.quantize.config import QuantConfig
 from bitconv.quantize.schemes import spec_for
 from bitconv.quantize.source import Source, module_kinds, resolve_name
@@ -95,10 +95,9 @@ def make_plan(names_shapes_dtypes: list[tuple[str, tuple[int, ...], str]], cfg: 
             row.spec = spec_for(cfg, out_in, row.action, "conv1d" if kind == "conv1d" else "linear", dtype, explicit)
             row.stored = [PlannedTensor(name + suffix, dt, shp) for suffix, (dt, shp) in row.spec.stored().items()]
         elif row.action == "copy":
-            st = {"int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
-            if dtype not in st:
+            if dtype not in DTYPE_BY_NAME:
                 raise SourceError(f"tensor '{name}' has dtype {dtype}, which bitconv cannot store")
-            row.stored = [PlannedTensor(name, st[dtype], tuple(shape))]
+            row.stored = [PlannedTensor(name, DTYPE_BY_NAME[dtype].st, tuple(shape))]
         else:
             row.stored = [PlannedTensor(name, "F16", tuple(shape))]
         rows.append(row)

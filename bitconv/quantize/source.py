@@ -19,6 +19,7 @@ import torch
 
 from bitconv.errors import BitconvError, FormatError, SourceError
 from bitconv.format.safetensors import open_regular, read_json_file, read_safetensors_header, read_weight_map
+from bitconv.format.vocab import DTYPE_BY_ST, torch_dtype
 from bitconv.hub.ids import is_repo_id
 
 # files copied unchanged from a source folder into a converted folder
@@ -28,9 +29,6 @@ SIDE_FILES = (
     "sentence_bert_config.json", "modules.json", "config_sentence_transformers.json",
 )
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
-TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                "BOOL": torch.bool}
 
 
 @dataclass
@@ -61,8 +59,8 @@ class Source:
         if self._tensors:
             return str(self._tensors[name].dtype).replace("torch.", "")
         st = self._headers[name]["dtype"]
-        return {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
-                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}.get(st, st.lower())
+        row = DTYPE_BY_ST.get(st)
+        return row.name if row is not None else st.lower()
 
     def file_of(self, name: str) -> str:
         return str(self._files.get(name, self.gguf_file or self.folder))
@@ -73,7 +71,7 @@ class Source:
             return self._tensors[name]
         path = self._files[name]
         info = self._headers[name]
-        dtype = TORCH_DTYPES.get(info["dtype"])
+        dtype = torch_dtype(info["dtype"])
         if dtype is None:
             raise SourceError(f"{path}: tensor '{name}' has dtype {info['dtype']}, which bitconv cannot read")
         begin, end = info["data_offsets"]
@@ -180,7 +178,7 @@ def _hub_snapshot(repo_id: str, revision: str | None, allow_pickle: bool) -> Pat
         raise SourceError(f"cannot get Hub model '{repo_id}': {str(exc).splitlines()[0]}") from None
 
 
-def _load_gguf_model(path: Path, dtype: torch.dtype = torch.float32):
+def _load_gguf_model(path: Path, dtype: torch.dtype = torch.float32, model_class=None, **model_kwargs):
     """transformers' GGUF loader dequantizes the file into an ordinary model."""
     try:
         import gguf  # noqa: F401 - transformers' GGUF loader needs it
@@ -188,10 +186,23 @@ def _load_gguf_model(path: Path, dtype: torch.dtype = torch.float32):
         raise SourceError(f"{path}: reading GGUF needs the gguf package: pip install 'bitconv[gguf]'") from None
     from transformers import AutoModelForCausalLM
 
+    cls = model_class or AutoModelForCausalLM
     try:
-        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).eval()
+        model = cls.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype, **model_kwargs).eval()
     except Exception as exc:  # the GGUF loader raises many types for unsupported or corrupt files
         raise SourceError(f"{path}: transformers cannot load this GGUF file ({str(exc).splitlines()[0]})") from None
+    _forget_gguf_quantization(model)
+    return model
+
+
+def _forget_gguf_quantization(model) -> None:
+    """transformers dequantizes a GGUF into float weights but keeps the model marked as quantized, which stops
+    `save_pretrained` and training; the weights are ordinary floats, so drop the marks."""
+    for attr, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
+        if attr in vars(model):
+            setattr(model, attr, value)
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
 
 
 def _open_gguf(path: Path) -> Source:
@@ -326,15 +337,19 @@ def module_kinds(config) -> tuple[dict[str, str], str]:
 
 
 def load_original(spec: str | os.PathLike, revision: str | None = None, dtype: torch.dtype = torch.float32,
-                  model_class=None):
-    """An original (unconverted) checkpoint as a transformers model in eval mode."""
+                  model_class=None, **model_kwargs):
+    """An original (unconverted) checkpoint as a transformers model in eval mode.
+
+    `model_class` picks the head (e.g. AutoModelForSequenceClassification, which adds a new classifier to a
+    plain encoder); `model_kwargs` go to its `from_pretrained` (num_labels, id2label, ...).
+    """
     path = Path(str(spec)).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _load_gguf_model(path, dtype)
+        return _load_gguf_model(path, dtype, model_class, **model_kwargs)
     src = open_source(spec, revision=revision)
     cls = model_class or model_class_for(src.config)
     try:
-        return cls.from_pretrained(str(src.folder), dtype=dtype).eval()
+        return cls.from_pretrained(str(src.folder), dtype=dtype, **model_kwargs).eval()
     except Exception as exc:  # transformers raises many types for mismatched checkpoints
         raise SourceError(f"{src.folder}: transformers cannot load it as {cls.__name__} ({str(exc).splitlines()[0]})") from None
 

@@ -29,7 +29,9 @@ struct GemmProblem {
   int64_t row_bytes = 0;           // ceil(K / 4)
   const float* scale = nullptr;    // [1], [N] or [N, n_groups]
   ScaleKind scale_kind = ScaleKind::kTensor;
-  int64_t group_size = 0;  // K when not grouped, so every row is one group
+  // K when not grouped, so every row is one group. May exceed K (then n_groups = 1): kernels only add it to a group
+  // start, which is 0 or a multiple of it below K, so no sum exceeds INT64_MAX even for a group_size near it.
+  int64_t group_size = 0;
   int64_t n_groups = 1;
   // float activations
   const float* a = nullptr;  // [M, K]

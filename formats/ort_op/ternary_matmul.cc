@@ -29,7 +29,11 @@ constexpr int64_t kColumnsPerTask = 64;  // output columns one thread-pool task 
 
 enum Packing : int64_t { kPacking2Bit = 0, kPackingBase3 = 1 };
 
-int64_t row_bytes_for(int64_t K, int64_t packing) { return packing == kPackingBase3 ? (K + 4) / 5 : (K + 3) / 4; }
+// ceil(a / b) for a >= 0, b > 0. Not (a + b - 1) / b: K and group_size are attributes of the graph, and near
+// INT64_MAX that sum overflows (undefined behaviour; in practice a wrong, even negative, count).
+int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }
+
+int64_t row_bytes_for(int64_t K, int64_t packing) { return ceil_div(K, packing == kPackingBase3 ? 5 : 4); }
 
 // Base-3 rows (five trits a byte, byte = sum (t_i + 1) * 3^i) -> 2-bit rows (code = t + 2, padding 2).
 bool base3_to_2bit(const uint8_t* src, int64_t N, int64_t K, std::vector<uint8_t>* dst, std::string* error) {
@@ -210,7 +214,7 @@ OrtStatus* TernaryMatMulKernel::compute(OrtKernelContext* ctx) {
   if (group_size > 0) {
     p.scale_kind = ScaleKind::kGroup;
     p.group_size = group_size;
-    p.n_groups = (K + group_size - 1) / group_size;
+    p.n_groups = ceil_div(K, group_size);  // 1 for any group_size >= K: one group per row
     if (S.dims.size() != 2 || S.dims[0] != N || S.dims[1] != p.n_groups)
       return error("input 'scale' has shape " + shape_str(S.dims) + ", expected [" + std::to_string(N) + ", " +
                    std::to_string(p.n_groups) + "] (one per output row and group of " + std::to_string(group_size) +

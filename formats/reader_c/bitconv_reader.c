@@ -1,9 +1,14 @@
-/* bitconv_reader.c: see bitconv_reader.h. C99, nothing but the C standard library.
+/* bitconv_reader.c: see bitconv_reader.h. C99, the C standard library and (outside Windows) POSIX open/fstat.
  *
- * Layout of this file: a minimal JSON parser (what safetensors headers need: objects, arrays, strings
- * with every escape, integers and numbers, true/false/null), then the safetensors container (header,
- * stored tensors, bounds checks), then the bitconv metadata (packed weight entries and the stored tensors
- * each one owns), then the decoders, which follow formats/SPEC.md "Decoding, per scheme" line by line.
+ * Layout of this file: checked arithmetic, a minimal JSON parser (what safetensors headers need: objects, arrays,
+ * strings with every escape, integers and numbers, true/false/null), then the safetensors container (header,
+ * stored tensors, offsets that tile the data), then the bitconv metadata (packed weight entries and the stored
+ * tensors each one owns), then the decoders, which follow formats/SPEC.md "Decoding, per scheme" line by line.
+ *
+ * Files are untrusted input. Every rule of formats/SPEC.md "Validation (what every reader must refuse)" is
+ * checked here, each where the data it needs is first available: the header when the file is opened, stored
+ * values (codes, scales, zero points, outlier indices) when the tensor is decoded. Every size computed from a
+ * header goes through the checked helpers below, so no product or sum ever wraps around.
  */
 #define _FILE_OFFSET_BITS 64
 #if !defined(_WIN32)
@@ -18,12 +23,18 @@
 #include <string.h>
 
 #if defined(_WIN32)
+#include <sys/stat.h>
+#include <sys/types.h>
 #define bcr_fseek _fseeki64
 #else
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
 #define bcr_fseek fseeko
 #endif
 
-/* A header bigger than this is not a safetensors header but a corrupt length (the Python reader agrees). */
+/* A header bigger than this is not a safetensors header but a corrupt length (the safetensors crate agrees). */
 #define MAX_HEADER_BYTES 100000000ULL
 #define MAX_JSON_DEPTH 64
 
@@ -35,6 +46,43 @@ static void set_err(char *err, size_t err_len, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* A header string value quoted into an error message: at most 40 bytes, control characters as '?', so a hostile
+ * value can neither break the message over several lines nor bury it. (Keys cannot hold control characters:
+ * the JSON parser refuses them, so names are printed as they are.) */
+#define SHOW_LEN 48
+static const char *show(const char *v, char *buf) {
+    size_t k, n = v ? strlen(v) : 0;
+    if (!v) return "(missing)";
+    for (k = 0; k < n && k < 40; k++) buf[k] = (unsigned char)v[k] < 0x20 || v[k] == 0x7F ? '?' : v[k];
+    strcpy(buf + k, n > 40 ? "..." : "");
+    return buf;
+}
+
+/* -------------------------------------------------------------------------------------- checked arithmetic */
+
+/* Products of header values: fail (-1) instead of wrapping modulo 2^64. */
+static int mul_u64(uint64_t a, uint64_t b, uint64_t *out) {
+    if (a && b > UINT64_MAX / a) return -1;
+    *out = a * b;
+    return 0;
+}
+
+/* ceil(a / b) for a >= 0, b > 0, without the (a + b - 1) that overflows when a or b is near INT64_MAX. */
+static int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }
+
+/* The exact element count of a shape (entries >= 0); -1 if it does not fit 64 bits. A shape with a zero entry
+ * has no elements whatever its other entries, so the result does not depend on the order of the entries. */
+static int shape_numel(const int64_t *shape, int ndim, uint64_t *n) {
+    uint64_t prod = 1;
+    int k;
+    for (k = 0; k < ndim; k++)
+        if (shape[k] == 0) { *n = 0; return 0; }
+    for (k = 0; k < ndim; k++)
+        if (mul_u64(prod, (uint64_t)shape[k], &prod)) return -1;
+    *n = prod;
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------------ JSON */
 
 typedef enum { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ } jtype;
@@ -42,12 +90,11 @@ typedef enum { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ } jtype;
 typedef struct jval {
     jtype type;
     int boolean;
-    int is_int;       /* J_NUM written as an integer that fits int64 */
+    int is_int;       /* J_NUM written as an integer (no fraction, no exponent) that fits int64 */
     int64_t i;
-    double d;
-    char *str;        /* J_STR: NUL-terminated UTF-8 (a string holding \u0000 ends early, never in our keys) */
+    char *str;        /* J_STR: NUL-terminated UTF-8; strings holding \u0000 are refused, so nothing is cut short */
     size_t n;         /* J_ARR / J_OBJ: number of items */
-    char **keys;      /* J_OBJ: keys[i] names items[i] */
+    char **keys;      /* J_OBJ: keys[i] names items[i]; keys are unique (duplicates are refused) */
     struct jval *items;
 } jval;
 
@@ -129,11 +176,13 @@ static size_t utf8_len(const unsigned char *s, size_t n) {
     return len;
 }
 
-/* Parses a string starting at the opening quote; the decoded text is never longer than the source. */
-static int jparse_string(jparser *ps, char **out) {
+/* Parses a string starting at the opening quote; the decoded text is never longer than the source.
+ * Refuses U+0000 anywhere (C strings would silently end there, so "F32\u0000x" would read as "F32") and, in
+ * keys, every control character (names are printed in one-line error messages). */
+static int jparse_string(jparser *ps, char **out, int is_key) {
     const char *s = ps->p + 1;
     const char *q = s;
-    char *buf, *o;
+    char *buf, *o, *k;
     while (q < ps->end && *q != '"') {
         if (*q == '\\') q++;
         q++;
@@ -178,6 +227,9 @@ static int jparse_string(jparser *ps, char **out) {
             } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
                 free(buf);
                 return jfail(ps, "unpaired surrogate in \\u escape");
+            } else if (cp == 0) {
+                free(buf);
+                return jfail(ps, "\\u0000 in string");
             }
             o += put_utf8(o, cp);
             break;
@@ -186,17 +238,21 @@ static int jparse_string(jparser *ps, char **out) {
         }
     }
     *o = '\0';
+    if (is_key)
+        for (k = buf; k < o; k++)
+            if ((unsigned char)*k < 0x20 || *k == 0x7F) { free(buf); return jfail(ps, "control character in a key"); }
     ps->p = q + 1;
     *out = buf;
     return 0;
 }
 
+/* Numbers: the header only needs integers (shapes, offsets, counts), so a number is recorded as an exact int64
+ * when it is written as one and fits, and otherwise only as "a number that is not such an integer". */
 static int jparse_number(jparser *ps, jval *v) {
     const char *s = ps->p;
     const char *q = s;
-    int integral = 1;
-    char tmp[64];
-    if (q < ps->end && *q == '-') q++;
+    int integral = 1, neg = 0;
+    if (q < ps->end && *q == '-') { q++; neg = 1; }
     if (q >= ps->end || *q < '0' || *q > '9') return jfail(ps, "bad number");
     if (*q == '0') q++;
     else while (q < ps->end && *q >= '0' && *q <= '9') q++;
@@ -213,14 +269,22 @@ static int jparse_number(jparser *ps, jval *v) {
         if (q >= ps->end || *q < '0' || *q > '9') return jfail(ps, "bad number");
         while (q < ps->end && *q >= '0' && *q <= '9') q++;
     }
-    if ((size_t)(q - s) >= sizeof(tmp)) return jfail(ps, "number too long");
-    memcpy(tmp, s, (size_t)(q - s));
-    tmp[q - s] = '\0';
     v->type = J_NUM;
-    v->d = strtod(tmp, NULL);
-    if (integral && (q - s) <= 18) { /* 18 digits always fit int64; offsets and shapes are integers */
-        v->is_int = 1;
-        v->i = strtoll(tmp, NULL, 10);
+    if (integral) {
+        const uint64_t limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+        uint64_t mag = 0;
+        const char *d;
+        int fits = 1;
+        for (d = s + neg; d < q && fits; d++) {
+            unsigned digit = (unsigned)(*d - '0');
+            if (mag > (limit - digit) / 10) fits = 0;
+            else mag = mag * 10 + digit;
+        }
+        if (fits) {
+            v->is_int = 1;
+            /* -(mag - 1) - 1 reaches INT64_MIN without negating an out-of-range value */
+            v->i = neg ? (mag ? -(int64_t)(mag - 1) - 1 : 0) : (int64_t)mag;
+        }
     }
     ps->p = q;
     return 0;
@@ -231,7 +295,9 @@ static int jparse_value(jparser *ps, jval *v, int depth);
 static int jappend(jval *v, size_t *cap, char *key) {
     if (v->n == *cap) {
         size_t ncap = *cap ? *cap * 2 : 8;
-        jval *items = (jval *)realloc(v->items, ncap * sizeof(jval));
+        jval *items;
+        if (ncap > ((size_t)-1) / sizeof(jval)) return -1;
+        items = (jval *)realloc(v->items, ncap * sizeof(jval));
         if (!items) return -1;
         v->items = items;
         if (v->type == J_OBJ) {
@@ -247,6 +313,30 @@ static int jappend(jval *v, size_t *cap, char *key) {
     return 0;
 }
 
+static int cmp_key(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* A key that appears twice in one object is refused: JSON leaves its meaning open (Python keeps the last value,
+ * this parser found the first), so two readers would decode the same file differently. Sorting a copy of the
+ * keys keeps this O(n log n) for headers with many tensors. */
+static int jcheck_unique_keys(jparser *ps, const jval *v) {
+    char **sorted;
+    size_t k;
+    if (v->n < 2) return 0;
+    sorted = (char **)malloc(v->n * sizeof(char *));
+    if (!sorted) return jfail(ps, "out of memory");
+    memcpy(sorted, v->keys, v->n * sizeof(char *));
+    qsort(sorted, v->n, sizeof(char *), cmp_key);
+    for (k = 1; k < v->n; k++) {
+        if (!strcmp(sorted[k - 1], sorted[k])) {
+            set_err(ps->err, ps->err_len, "malformed JSON: duplicate key '%.200s'", sorted[k]);
+            free(sorted);
+            return -1;
+        }
+    }
+    free(sorted);
+    return 0;
+}
+
 static int jparse_container(jparser *ps, jval *v, int depth) {
     char close = *ps->p == '{' ? '}' : ']';
     size_t cap = 0;
@@ -259,7 +349,7 @@ static int jparse_container(jparser *ps, jval *v, int depth) {
         jskip_ws(ps);
         if (v->type == J_OBJ) {
             if (ps->p >= ps->end || *ps->p != '"') return jfail(ps, "expected a string key");
-            if (jparse_string(ps, &key)) return -1;
+            if (jparse_string(ps, &key, 1)) return -1;
             jskip_ws(ps);
             if (ps->p >= ps->end || *ps->p != ':') { free(key); return jfail(ps, "expected ':'"); }
             ps->p++;
@@ -268,7 +358,10 @@ static int jparse_container(jparser *ps, jval *v, int depth) {
         if (jparse_value(ps, &v->items[v->n - 1], depth + 1)) return -1;
         jskip_ws(ps);
         if (ps->p < ps->end && *ps->p == ',') { ps->p++; continue; }
-        if (ps->p < ps->end && *ps->p == close) { ps->p++; return 0; }
+        if (ps->p < ps->end && *ps->p == close) {
+            ps->p++;
+            return v->type == J_OBJ ? jcheck_unique_keys(ps, v) : 0;
+        }
         return jfail(ps, v->type == J_OBJ ? "expected ',' or '}'" : "expected ',' or ']'");
     }
 }
@@ -280,7 +373,7 @@ static int jparse_value(jparser *ps, jval *v, int depth) {
     switch (*ps->p) {
     case '{':
     case '[': return jparse_container(ps, v, depth);
-    case '"': v->type = J_STR; return jparse_string(ps, &v->str);
+    case '"': v->type = J_STR; return jparse_string(ps, &v->str, 0);
     case 't':
         if (ps->end - ps->p >= 4 && !memcmp(ps->p, "true", 4)) { v->type = J_BOOL; v->boolean = 1; ps->p += 4; return 0; }
         return jfail(ps, "bad literal");
@@ -320,6 +413,13 @@ static const char *jget_str(const jval *obj, const char *key) {
     return v && v->type == J_STR ? v->str : NULL;
 }
 
+/* A JSON integer in [0, 2^63 - 1]: the only kind of number shapes, offsets and counts may be. */
+static int jnonneg_int(const jval *v, int64_t *out) {
+    if (!v || v->type != J_NUM || !v->is_int || v->i < 0) return -1;
+    *out = v->i;
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------- the container */
 
 typedef struct {
@@ -327,7 +427,9 @@ typedef struct {
     const char *dtype;
     int ndim;
     int64_t shape[BCR_MAX_DIMS];
-    uint64_t begin, end; /* data offsets relative to the data start */
+    uint64_t begin, end; /* data offsets relative to the data start; end - begin is exactly the tensor's bytes */
+    uint64_t numel;
+    long owner;          /* index of the packed weight this tensor is a part of, -1 for a plain tensor */
 } stored_t;
 
 /* Suffixes of the stored tensors of one packed weight (format.py SUFFIX_*). */
@@ -337,7 +439,8 @@ static const char *const PART_SUFFIX[N_PARTS] = {".qcodes", ".qscale", ".qzero",
 typedef struct {
     const char *name; /* logical name, points into the metadata tree */
     const char *scheme, *packing, *granularity, *layout, *dtype;
-    int64_t out, in, group_size, n_groups, n_outliers;
+    int64_t out, in, group_size, n_groups, n_outliers, row_bytes;
+    uint64_t numel;     /* out * in, checked */
     long part[N_PARTS]; /* index into stored, -1 when the scheme has no such part */
 } packed_t;
 
@@ -353,6 +456,7 @@ struct bcr_file {
     jval header, tensors_meta;
     stored_t *stored;
     size_t n_stored;
+    const stored_t **by_name; /* stored, sorted by name, for bsearch */
     packed_t *packed;
     size_t n_packed;
     logical_t *logical;
@@ -368,28 +472,122 @@ static int dtype_size(const char *dtype) {
     return 0;
 }
 
-static int64_t numel(const int64_t *shape, int ndim) {
-    int64_t n = 1;
-    int k;
-    for (k = 0; k < ndim; k++) n *= shape[k];
-    return n;
+static int cmp_stored_name(const void *a, const void *b) {
+    return strcmp((*(const stored_t *const *)a)->name, (*(const stored_t *const *)b)->name);
 }
 
 static long find_stored(const bcr_file *f, const char *name) {
-    size_t k;
-    for (k = 0; k < f->n_stored; k++)
-        if (!strcmp(f->stored[k].name, name)) return (long)k;
-    return -1;
+    stored_t key;
+    const stored_t *kp = &key;
+    const stored_t **hit;
+    if (!f->by_name) return -1;
+    key.name = name;
+    hit = (const stored_t **)bsearch(&kp, f->by_name, f->n_stored, sizeof(*f->by_name), cmp_stored_name);
+    return hit ? (long)(*hit - f->stored) : -1;
 }
 
+/* A list of at most BCR_MAX_DIMS integers in [0, 2^63 - 1]. */
 static int read_shape(const jval *arr, int64_t *shape, int *ndim) {
     size_t k;
     if (!arr || arr->type != J_ARR || arr->n > BCR_MAX_DIMS) return -1;
-    for (k = 0; k < arr->n; k++) {
-        if (arr->items[k].type != J_NUM || !arr->items[k].is_int || arr->items[k].i < 0) return -1;
-        shape[k] = arr->items[k].i;
-    }
+    for (k = 0; k < arr->n; k++)
+        if (jnonneg_int(&arr->items[k], &shape[k])) return -1;
     *ndim = (int)arr->n;
+    return 0;
+}
+
+static int parse_one_stored(bcr_file *f, stored_t *t, const jval *e, char *err, size_t err_len) {
+    const jval *offs = jget(e, "data_offsets");
+    int64_t begin, end;
+    uint64_t nbytes;
+    int size;
+    char buf[SHOW_LEN];
+    if (e->type != J_OBJ) {
+        set_err(err, err_len, "%s: tensor '%s': its header entry is not a JSON object; the file is corrupt", f->path, t->name);
+        return -1;
+    }
+    t->dtype = jget_str(e, "dtype");
+    if (!t->dtype) {
+        set_err(err, err_len, "%s: tensor '%s': its header entry has no 'dtype' string; the file is corrupt", f->path, t->name);
+        return -1;
+    }
+    if (read_shape(jget(e, "shape"), t->shape, &t->ndim)) {
+        set_err(err, err_len, "%s: tensor '%s': 'shape' must be a list of at most %d integers from 0 to 2^63-1; the file is corrupt",
+                f->path, t->name, BCR_MAX_DIMS);
+        return -1;
+    }
+    if (!offs || offs->type != J_ARR || offs->n != 2 || jnonneg_int(&offs->items[0], &begin) ||
+        jnonneg_int(&offs->items[1], &end) || end < begin) {
+        set_err(err, err_len, "%s: tensor '%s': 'data_offsets' must be two integers [begin, end] with 0 <= begin <= end; the file is corrupt",
+                f->path, t->name);
+        return -1;
+    }
+    size = dtype_size(t->dtype);
+    if (!size) {
+        set_err(err, err_len, "%s: tensor '%s' has unsupported dtype '%s' (this reader knows F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)",
+                f->path, t->name, show(t->dtype, buf));
+        return -1;
+    }
+    t->begin = (uint64_t)begin;
+    t->end = (uint64_t)end;
+    if (t->end > f->data_size) {
+        set_err(err, err_len, "%s: truncated (tensor '%s' ends at data byte %llu of %llu); re-download or re-convert it",
+                f->path, t->name, (unsigned long long)t->end, (unsigned long long)f->data_size);
+        return -1;
+    }
+    /* exact: a product too big for 64 bits cannot equal the byte length of any file */
+    if (shape_numel(t->shape, t->ndim, &t->numel) || mul_u64(t->numel, (uint64_t)size, &nbytes) ||
+        nbytes != t->end - t->begin) {
+        set_err(err, err_len, "%s: tensor '%s' is %llu bytes, which is not what its dtype %s and shape need; the file is corrupt",
+                f->path, t->name, (unsigned long long)(t->end - t->begin), t->dtype);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    uint64_t begin, end;
+    size_t idx;
+} span_t;
+
+static int cmp_span(const void *a, const void *b) {
+    const span_t *x = (const span_t *)a, *y = (const span_t *)b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* As the safetensors crate: taken in order of their offsets, the tensors cover the data buffer exactly, the
+ * first starting at 0, each where the previous ends, the last at the end of the file. A gap would hide bytes,
+ * an overlap would let two tensors (or a tensor and the header) share bytes. */
+static int check_tiling(bcr_file *f, char *err, size_t err_len) {
+    span_t *spans = (span_t *)malloc((f->n_stored ? f->n_stored : 1) * sizeof(span_t));
+    uint64_t at = 0;
+    size_t k;
+    if (!spans) { set_err(err, err_len, "%s: out of memory", f->path); return -1; }
+    for (k = 0; k < f->n_stored; k++) {
+        spans[k].begin = f->stored[k].begin;
+        spans[k].end = f->stored[k].end;
+        spans[k].idx = k;
+    }
+    qsort(spans, f->n_stored, sizeof(span_t), cmp_span);
+    for (k = 0; k < f->n_stored; k++) {
+        if (spans[k].begin != at) {
+            set_err(err, err_len, "%s: tensor '%s' starts at data byte %llu, but the tensors before it end at %llu (%s); "
+                    "tensors must tile the data without gaps or overlaps; the file is corrupt",
+                    f->path, f->stored[spans[k].idx].name, (unsigned long long)spans[k].begin, (unsigned long long)at,
+                    spans[k].begin > at ? "a gap" : "an overlap");
+            free(spans);
+            return -1;
+        }
+        at = spans[k].end;
+    }
+    free(spans);
+    if (at != f->data_size) {
+        set_err(err, err_len, "%s: %llu bytes after the last tensor (data ends at %llu, the file at %llu); the file is corrupt",
+                f->path, (unsigned long long)(f->data_size - at), (unsigned long long)at, (unsigned long long)f->data_size);
+        return -1;
+    }
     return 0;
 }
 
@@ -397,44 +595,30 @@ static int parse_stored(bcr_file *f, char *err, size_t err_len) {
     const jval *h = &f->header;
     size_t k;
     f->stored = (stored_t *)calloc(h->n ? h->n : 1, sizeof(stored_t));
-    if (!f->stored) { set_err(err, err_len, "%s: out of memory", f->path); return -1; }
+    f->by_name = (const stored_t **)calloc(h->n ? h->n : 1, sizeof(*f->by_name));
+    if (!f->stored || !f->by_name) { set_err(err, err_len, "%s: out of memory", f->path); return -1; }
     for (k = 0; k < h->n; k++) {
-        const jval *e = &h->items[k];
-        const jval *offs;
         stored_t *t;
-        int size;
-        if (!strcmp(h->keys[k], "__metadata__")) continue;
+        if (!strcmp(h->keys[k], "__metadata__")) {
+            const jval *m = &h->items[k];
+            size_t j;
+            int ok = m->type == J_OBJ;
+            for (j = 0; ok && j < m->n; j++) ok = m->items[j].type == J_STR;
+            if (!ok) {
+                set_err(err, err_len, "%s: '__metadata__' must be a JSON object of strings; the file is corrupt", f->path);
+                return -1;
+            }
+            continue;
+        }
         t = &f->stored[f->n_stored];
         t->name = h->keys[k];
-        t->dtype = jget_str(e, "dtype");
-        offs = jget(e, "data_offsets");
-        if (!t->dtype || read_shape(jget(e, "shape"), t->shape, &t->ndim) || !offs || offs->type != J_ARR ||
-            offs->n != 2 || !offs->items[0].is_int || !offs->items[1].is_int || offs->items[0].i < 0 ||
-            offs->items[1].i < offs->items[0].i) {
-            set_err(err, err_len, "%s: tensor '%s' has a malformed header entry; the file is corrupt", f->path, t->name);
-            return -1;
-        }
-        size = dtype_size(t->dtype);
-        if (!size) {
-            set_err(err, err_len, "%s: tensor '%s' has unsupported dtype %s", f->path, t->name, t->dtype);
-            return -1;
-        }
-        t->begin = (uint64_t)offs->items[0].i;
-        t->end = (uint64_t)offs->items[1].i;
-        if (t->end > f->data_size) {
-            set_err(err, err_len, "%s: truncated (tensor '%s' ends at data byte %llu of %llu); re-download or re-convert it",
-                    f->path, t->name, (unsigned long long)t->end, (unsigned long long)f->data_size);
-            return -1;
-        }
-        if ((uint64_t)numel(t->shape, t->ndim) * (uint64_t)size != t->end - t->begin) {
-            set_err(err, err_len, "%s: tensor '%s' is %llu bytes, its dtype and shape need %llu; the file is corrupt",
-                    f->path, t->name, (unsigned long long)(t->end - t->begin),
-                    (unsigned long long)numel(t->shape, t->ndim) * (unsigned long long)size);
-            return -1;
-        }
+        t->owner = -1;
+        if (parse_one_stored(f, t, &h->items[k], err, err_len)) return -1;
+        f->by_name[f->n_stored] = t;
         f->n_stored++;
     }
-    return 0;
+    qsort(f->by_name, f->n_stored, sizeof(*f->by_name), cmp_stored_name);
+    return check_tiling(f, err, err_len);
 }
 
 /* ----------------------------------------------------------------------------------- bitconv metadata */
@@ -447,9 +631,7 @@ static int one_of(const char *s, const char *const *options, size_t n) {
     return 0;
 }
 
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-/* Bytes per row of the codes tensor, as SPEC.md's table says. */
+/* Bytes per row of the codes tensor, as SPEC.md's table says (overflow-free for any in >= 0). */
 static int64_t code_row_bytes(const packed_t *p) {
     if (!strcmp(p->scheme, "ternary")) return !strcmp(p->packing, "base3") ? ceil_div(p->in, 5) : ceil_div(p->in, 4);
     if (!strcmp(p->scheme, "binary")) return ceil_div(p->in, 8);
@@ -458,104 +640,185 @@ static int64_t code_row_bytes(const packed_t *p) {
     return ceil_div(p->in, 4); /* uint2 */
 }
 
-static int check_part(bcr_file *f, packed_t *p, int part, const char *dtype, int ndim, const int64_t *shape,
-                      char *err, size_t err_len) {
-    char name[1024];
+static int check_part(bcr_file *f, packed_t *p, long packed_index, int part, const char *dtype, int ndim,
+                      const int64_t *shape, char *err, size_t err_len) {
+    char *name;
     long idx;
-    const stored_t *t;
+    stored_t *t;
     int k, same;
-    snprintf(name, sizeof(name), "%s%s", p->name, PART_SUFFIX[part]);
+    char want[64];
+    size_t n = strlen(p->name), s = strlen(PART_SUFFIX[part]);
+    /* on the heap: a fixed buffer would cut a long name short, and the cut name could find another tensor */
+    name = (char *)malloc(n + s + 1);
+    if (!name) { set_err(err, err_len, "%s: out of memory", f->path); return -1; }
+    memcpy(name, p->name, n);
+    memcpy(name + n, PART_SUFFIX[part], s + 1);
     idx = find_stored(f, name);
     if (idx < 0) {
         set_err(err, err_len, "%s: tensor '%s' is missing (needed by packed weight '%s'); the file is corrupt",
                 f->path, name, p->name);
+        free(name);
         return -1;
     }
     t = &f->stored[idx];
     same = !strcmp(t->dtype, dtype) && t->ndim == ndim;
     for (k = 0; same && k < ndim; k++) same = t->shape[k] == shape[k];
     if (!same) {
+        if (ndim == 1) snprintf(want, sizeof(want), "%s [%lld]", dtype, (long long)shape[0]);
+        else snprintf(want, sizeof(want), "%s [%lld, %lld]", dtype, (long long)shape[0], (long long)shape[1]);
         set_err(err, err_len, "%s: tensor '%s' has dtype %s and the wrong shape or dtype for its spec (needs %s); the file is corrupt",
-                f->path, name, t->dtype, dtype);
+                f->path, name, t->dtype, want);
+        free(name);
         return -1;
     }
+    if (t->owner >= 0) { /* cannot happen with unique keys, kept so a part is never decoded for two weights */
+        set_err(err, err_len, "%s: tensor '%s' is claimed by two packed weights; the file is corrupt", f->path, name);
+        free(name);
+        return -1;
+    }
+    t->owner = packed_index;
     p->part[part] = idx;
+    free(name);
     return 0;
 }
 
-static int parse_packed_entry(bcr_file *f, packed_t *p, const char *name, const jval *e, char *err, size_t err_len) {
+/* Reads one required string member of a bitconv.tensors entry that must be one of `options`. */
+static int entry_choice(bcr_file *f, const char *name, const jval *e, const char *key, const char *const *options,
+                        size_t n, const char *known, const char **out, char *err, size_t err_len) {
+    const jval *v = jget(e, key);
+    char buf[SHOW_LEN];
+    if (!v || v->type != J_STR) {
+        set_err(err, err_len, "%s: tensor '%s': its bitconv.tensors entry has no '%s' string (one of %s); the file is corrupt",
+                f->path, name, key, known);
+        return -1;
+    }
+    if (!one_of(v->str, options, n)) {
+        set_err(err, err_len, "%s: tensor '%s': unknown %s '%s' (this reader knows %s)", f->path, name, key,
+                show(v->str, buf), known);
+        return -1;
+    }
+    *out = v->str;
+    return 0;
+}
+
+static int parse_packed_entry(bcr_file *f, long index, const char *name, const jval *e, char *err, size_t err_len) {
     static const char *const schemes[] = {"ternary", "binary", "int8", "uint4", "uint2"};
     static const char *const grans[] = {"tensor", "channel", "group"};
     static const char *const packings[] = {"2bit", "base3"};
-    int64_t shape[BCR_MAX_DIMS];
+    static const char *const layouts[] = {"linear", "conv1d"};
+    packed_t *p = &f->packed[index];
+    const jval *gs, *no, *v;
+    int64_t shape[BCR_MAX_DIMS], dims[2];
     int ndim, k;
-    const jval *gs, *no;
-    int64_t dims[2];
     const char *codes_dtype;
+    int asym;
 
     p->name = name;
     for (k = 0; k < N_PARTS; k++) p->part[k] = -1;
-    p->scheme = jget_str(e, "scheme");
-    p->packing = jget_str(e, "packing");
-    p->granularity = jget_str(e, "granularity");
-    p->layout = jget_str(e, "layout");
-    p->dtype = jget_str(e, "dtype");
-    if (!p->packing) p->packing = "2bit";
-    if (!p->layout) p->layout = "linear";
-    if (!p->dtype) p->dtype = "float32";
-    if (!one_of(p->scheme, schemes, 5)) {
-        set_err(err, err_len, "%s: tensor '%s': unknown scheme '%s' (this reader knows ternary, binary, int8, uint4, uint2)",
-                f->path, name, p->scheme ? p->scheme : "(missing)");
+    if (e->type != J_OBJ) {
+        set_err(err, err_len, "%s: tensor '%s': its bitconv.tensors entry is not a JSON object; the file is corrupt", f->path, name);
         return -1;
     }
-    if (!one_of(p->granularity, grans, 3) || !one_of(p->packing, packings, 2)) {
-        set_err(err, err_len, "%s: tensor '%s': unknown granularity or packing in its bitconv.tensors entry", f->path, name);
+    if (entry_choice(f, name, e, "scheme", schemes, 5, "ternary, binary, int8, uint4, uint2", &p->scheme, err, err_len) ||
+        entry_choice(f, name, e, "packing", packings, 2, "2bit, base3", &p->packing, err, err_len) ||
+        entry_choice(f, name, e, "granularity", grans, 3, "tensor, channel, group", &p->granularity, err, err_len) ||
+        entry_choice(f, name, e, "layout", layouts, 2, "linear, conv1d", &p->layout, err, err_len))
+        return -1;
+    if (!strcmp(p->packing, "base3") && strcmp(p->scheme, "ternary")) {
+        set_err(err, err_len, "%s: tensor '%s': packing base3 is defined for ternary only, not %s", f->path, name, p->scheme);
         return -1;
     }
+    /* informative members: strings when present */
+    v = jget(e, "dtype");
+    if ((v && v->type != J_STR) || ((v = jget(e, "scale_method")) && v->type != J_STR)) {
+        set_err(err, err_len, "%s: tensor '%s': 'dtype' and 'scale_method' in its bitconv.tensors entry must be strings", f->path, name);
+        return -1;
+    }
+    p->dtype = jget_str(e, "dtype") ? jget_str(e, "dtype") : "float32";
     if (read_shape(jget(e, "shape"), shape, &ndim) || ndim != 2) {
-        set_err(err, err_len, "%s: tensor '%s': its bitconv.tensors entry needs a 2-D shape [out, in]", f->path, name);
+        set_err(err, err_len, "%s: tensor '%s': its bitconv.tensors entry needs a shape [out, in] of two integers from 0 to 2^63-1",
+                f->path, name);
         return -1;
     }
     p->out = shape[0];
     p->in = shape[1];
     gs = jget(e, "group_size");
-    p->group_size = gs && gs->type == J_NUM && gs->is_int ? gs->i : 0;
-    if (!strcmp(p->granularity, "group") && p->group_size < 1) {
-        set_err(err, err_len, "%s: tensor '%s': group granularity without a positive group_size", f->path, name);
+    if (!strcmp(p->granularity, "group") ? jnonneg_int(gs, &p->group_size) || p->group_size < 1
+                                         : !gs || gs->type != J_NULL) {
+        set_err(err, err_len, "%s: tensor '%s': group_size must be %s; the file is corrupt", f->path, name,
+                !strcmp(p->granularity, "group") ? "a positive integer for group granularity"
+                                                 : "null unless the granularity is group");
         return -1;
     }
     p->n_groups = !strcmp(p->granularity, "group") ? ceil_div(p->in, p->group_size) : 1;
     no = jget(e, "n_outliers");
-    p->n_outliers = no && no->type == J_NUM && no->is_int ? no->i : 0;
-    if (p->n_outliers < 0 || p->n_outliers > p->out * p->in) {
-        set_err(err, err_len, "%s: tensor '%s': n_outliers %lld is out of range", f->path, name, (long long)p->n_outliers);
+    if (jnonneg_int(no, &p->n_outliers)) {
+        set_err(err, err_len, "%s: tensor '%s': n_outliers must be an integer >= 0; the file is corrupt", f->path, name);
+        return -1;
+    }
+    if (find_stored(f, name) >= 0) {
+        set_err(err, err_len, "%s: '%s' is both a packed weight and a stored tensor; the file is corrupt", f->path, name);
         return -1;
     }
 
+    /* the parts; matching their stored shapes also bounds out and in by the file's size */
+    asym = !strcmp(p->scheme, "uint4") || !strcmp(p->scheme, "uint2");
     codes_dtype = !strcmp(p->scheme, "int8") ? "I8" : "U8";
+    p->row_bytes = code_row_bytes(p);
     dims[0] = p->out;
-    dims[1] = code_row_bytes(p);
-    if (check_part(f, p, PART_CODES, codes_dtype, 2, dims, err, err_len)) return -1;
+    dims[1] = p->row_bytes;
+    if (check_part(f, p, index, PART_CODES, codes_dtype, 2, dims, err, err_len)) return -1;
     if (!strcmp(p->granularity, "tensor")) {
         dims[0] = 1;
-        if (check_part(f, p, PART_SCALE, "F32", 1, dims, err, err_len)) return -1;
+        if (check_part(f, p, index, PART_SCALE, "F32", 1, dims, err, err_len)) return -1;
     } else if (!strcmp(p->granularity, "channel")) {
         dims[0] = p->out;
-        if (check_part(f, p, PART_SCALE, "F32", 1, dims, err, err_len)) return -1;
+        if (check_part(f, p, index, PART_SCALE, "F32", 1, dims, err, err_len)) return -1;
     } else {
         dims[0] = p->out;
         dims[1] = p->n_groups;
-        if (check_part(f, p, PART_SCALE, "F32", 2, dims, err, err_len)) return -1;
+        if (check_part(f, p, index, PART_SCALE, "F32", 2, dims, err, err_len)) return -1;
     }
-    if (!strcmp(p->scheme, "uint4") || !strcmp(p->scheme, "uint2")) {
+    if (asym) {
         dims[0] = p->out;
         dims[1] = p->n_groups;
-        if (check_part(f, p, PART_ZERO, "U8", 2, dims, err, err_len)) return -1;
+        if (check_part(f, p, index, PART_ZERO, "U8", 2, dims, err, err_len)) return -1;
+    }
+    if (mul_u64((uint64_t)p->out, (uint64_t)p->in, &p->numel) || p->numel > (uint64_t)INT64_MAX) {
+        set_err(err, err_len, "%s: tensor '%s': shape [%lld, %lld] is too large; the file is corrupt", f->path, name,
+                (long long)p->out, (long long)p->in);
+        return -1;
+    }
+    if ((uint64_t)p->n_outliers > p->numel) {
+        set_err(err, err_len, "%s: tensor '%s': n_outliers %lld is more than its %llu weights; the file is corrupt",
+                f->path, name, (long long)p->n_outliers, (unsigned long long)p->numel);
+        return -1;
     }
     if (p->n_outliers) {
         dims[0] = p->n_outliers;
-        if (check_part(f, p, PART_OIDX, "I64", 1, dims, err, err_len)) return -1;
-        if (check_part(f, p, PART_OVAL, "F16", 1, dims, err, err_len)) return -1;
+        if (check_part(f, p, index, PART_OIDX, "I64", 1, dims, err, err_len)) return -1;
+        if (check_part(f, p, index, PART_OVAL, "F16", 1, dims, err, err_len)) return -1;
+    }
+    return 0;
+}
+
+/* Names ending in a part suffix are reserved for parts: a `.qzero` the entry does not use, or the parts of an
+ * entry missing from bitconv.tensors, would be plain tensors to one reader and ignored by another. */
+static int check_orphan_parts(bcr_file *f, char *err, size_t err_len) {
+    size_t k, n;
+    int part;
+    for (k = 0; k < f->n_stored; k++) {
+        const stored_t *t = &f->stored[k];
+        if (t->owner >= 0) continue;
+        n = strlen(t->name);
+        for (part = 0; part < N_PARTS; part++) {
+            size_t s = strlen(PART_SUFFIX[part]);
+            if (n >= s && !strcmp(t->name + n - s, PART_SUFFIX[part])) {
+                set_err(err, err_len, "%s: tensor '%s' is named as a part (%s) of packed weight '%.*s', whose bitconv.tensors entry is missing or has no such part; the file is corrupt",
+                        f->path, t->name, PART_SUFFIX[part], (int)(n - s), t->name);
+                return -1;
+            }
+        }
     }
     return 0;
 }
@@ -565,44 +828,45 @@ static int parse_bitconv_metadata(bcr_file *f, char *err, size_t err_len) {
     const char *fmt = jget_str(meta, "bitconv.format");
     const char *ver = jget_str(meta, "bitconv.format_version");
     const char *tensors = jget_str(meta, "bitconv.tensors");
-    char sub[BCR_ERR_LEN];
+    char sub[BCR_ERR_LEN], buf[SHOW_LEN];
     size_t k;
     if (!fmt || strcmp(fmt, BCR_FORMAT_NAME)) {
         set_err(err, err_len, "%s: not a bitconv packed file (no 'bitconv.format' metadata)", f->path);
         return -1;
     }
-    if (!ver || atoi(ver) != BCR_FORMAT_VERSION) {
+    /* exactly the string "1": " 1", "01" or "1.0" would be read as 1 by some parsers and refused by others */
+    if (!ver || strcmp(ver, "1")) {
         set_err(err, err_len, "%s: format version %s, this reader reads version %d; use a newer reader",
-                f->path, ver ? ver : "(missing)", BCR_FORMAT_VERSION);
+                f->path, show(ver, buf), BCR_FORMAT_VERSION);
         return -1;
     }
-    if (jparse(tensors ? tensors : "{}", tensors ? strlen(tensors) : 2, &f->tensors_meta, sub, sizeof(sub)) ||
-        f->tensors_meta.type != J_OBJ) {
+    if (!tensors) {
+        set_err(err, err_len, "%s: no 'bitconv.tensors' metadata; the file is corrupt", f->path);
+        return -1;
+    }
+    sub[0] = '\0';
+    if (jparse(tensors, strlen(tensors), &f->tensors_meta, sub, sizeof(sub)) || f->tensors_meta.type != J_OBJ) {
         set_err(err, err_len, "%s: the 'bitconv.tensors' metadata is not a JSON object (%s); the file is corrupt",
-                f->path, tensors ? sub : "missing");
+                f->path, sub[0] ? sub : "another JSON value");
         return -1;
     }
     f->packed = (packed_t *)calloc(f->tensors_meta.n ? f->tensors_meta.n : 1, sizeof(packed_t));
     if (!f->packed) { set_err(err, err_len, "%s: out of memory", f->path); return -1; }
     for (k = 0; k < f->tensors_meta.n; k++) {
-        if (parse_packed_entry(f, &f->packed[k], f->tensors_meta.keys[k], &f->tensors_meta.items[k], err, err_len)) return -1;
+        if (parse_packed_entry(f, (long)k, f->tensors_meta.keys[k], &f->tensors_meta.items[k], err, err_len)) return -1;
         f->n_packed++;
     }
-    return 0;
+    return check_orphan_parts(f, err, err_len);
 }
 
 /* The logical list: each packed weight once, at the position of its first stored part, and plain tensors. */
 static int build_logical(bcr_file *f, char *err, size_t err_len) {
-    size_t k, j;
-    int part;
+    size_t k;
     unsigned char *seen = (unsigned char *)calloc(f->n_packed ? f->n_packed : 1, 1);
     f->logical = (logical_t *)calloc(f->n_stored ? f->n_stored : 1, sizeof(logical_t));
     if (!seen || !f->logical) { free(seen); set_err(err, err_len, "%s: out of memory", f->path); return -1; }
     for (k = 0; k < f->n_stored; k++) {
-        long owner = -1;
-        for (j = 0; j < f->n_packed && owner < 0; j++)
-            for (part = 0; part < N_PARTS; part++)
-                if (f->packed[j].part[part] == (long)k) { owner = (long)j; break; }
+        long owner = f->stored[k].owner;
         if (owner < 0) {
             f->logical[f->n_logical].kind = BCR_PLAIN;
             f->logical[f->n_logical++].index = k;
@@ -616,10 +880,46 @@ static int build_logical(bcr_file *f, char *err, size_t err_len) {
     return 0;
 }
 
+/* Opens `path` for reading and returns its size, refusing anything but a regular file: a FIFO would block the
+ * open (and every read) forever, a device or a folder is not a model. */
+static FILE *open_regular(const char *path, uint64_t *size, char *err, size_t err_len) {
+#if defined(_WIN32)
+    struct _stat64 st;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) { set_err(err, err_len, "%s: cannot open the file; check the path", path); return NULL; }
+    if (_fstat64(_fileno(fp), &st) || (st.st_mode & _S_IFMT) != _S_IFREG) {
+        fclose(fp);
+        set_err(err, err_len, "%s: not a regular file (a folder or a device); give the path of a .safetensors file", path);
+        return NULL;
+    }
+    *size = (uint64_t)st.st_size;
+    return fp;
+#else
+    struct stat st;
+    FILE *fp;
+    /* O_NONBLOCK: opening a FIFO without a writer returns at once instead of waiting for one */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) { set_err(err, err_len, "%s: cannot open the file; check the path", path); return NULL; }
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        close(fd);
+        set_err(err, err_len, "%s: not a regular file (a FIFO, a device or a folder); give the path of a .safetensors file", path);
+        return NULL;
+    }
+    fp = fdopen(fd, "rb");
+    if (!fp) {
+        close(fd);
+        set_err(err, err_len, "%s: cannot open the file; check the path", path);
+        return NULL;
+    }
+    *size = (uint64_t)st.st_size;
+    return fp;
+#endif
+}
+
 int bcr_open(const char *path, bcr_file **out, char *err, size_t err_len) {
     bcr_file *f;
     unsigned char len_bytes[8];
-    uint64_t header_len = 0, file_size;
+    uint64_t header_len = 0, file_size = 0;
     char *text = NULL;
     char sub[BCR_ERR_LEN];
     int k;
@@ -630,16 +930,9 @@ int bcr_open(const char *path, bcr_file **out, char *err, size_t err_len) {
     f->path = (char *)malloc(strlen(path) + 1);
     if (!f->path) { free(f); set_err(err, err_len, "%s: out of memory", path); return -1; }
     strcpy(f->path, path);
-    f->fp = fopen(path, "rb");
-    if (!f->fp) { set_err(err, err_len, "%s: cannot open the file; check the path", path); goto fail; }
-    if (bcr_fseek(f->fp, 0, SEEK_END)) { set_err(err, err_len, "%s: cannot seek in the file", path); goto fail; }
-#if defined(_WIN32)
-    file_size = (uint64_t)_ftelli64(f->fp);
-#else
-    file_size = (uint64_t)ftello(f->fp);
-#endif
-    rewind(f->fp);
-    if (fread(len_bytes, 1, 8, f->fp) != 8) {
+    f->fp = open_regular(path, &file_size, err, err_len);
+    if (!f->fp) goto fail;
+    if (file_size < 8 || fread(len_bytes, 1, 8, f->fp) != 8) {
         set_err(err, err_len, "%s: not a safetensors file (shorter than 8 bytes); re-download or re-convert it", path);
         goto fail;
     }
@@ -655,9 +948,11 @@ int bcr_open(const char *path, bcr_file **out, char *err, size_t err_len) {
         set_err(err, err_len, "%s: cannot read the header", path);
         goto fail;
     }
-    if (jparse(text, (size_t)header_len, &f->header, sub, sizeof(sub)) || f->header.type != J_OBJ) {
+    /* as the safetensors crate: the header is one JSON object starting at its first byte (padding after it) */
+    sub[0] = '\0';
+    if (header_len == 0 || text[0] != '{' || jparse(text, (size_t)header_len, &f->header, sub, sizeof(sub))) {
         set_err(err, err_len, "%s: corrupt safetensors header (%s); re-download or re-convert it", path,
-                f->header.type == J_OBJ ? "not a JSON object" : sub);
+                sub[0] ? sub : "it does not start with '{'");
         goto fail;
     }
     free(text);
@@ -679,6 +974,7 @@ void bcr_close(bcr_file *f) {
     jfree(&f->header);
     jfree(&f->tensors_meta);
     free(f->stored);
+    free(f->by_name);
     free(f->packed);
     free(f->logical);
     free(f->path);
@@ -774,11 +1070,17 @@ static float f32_of(uint32_t bits) {
     return v;
 }
 
-/* Reads the raw bytes of stored tensor `idx` into a new buffer. */
+/* Reads the raw bytes of stored tensor `idx` into a new buffer. Its offsets were checked against the file's size
+ * when it was opened; a read that comes up short means the file changed since. */
 static unsigned char *read_stored(bcr_file *f, size_t idx, char *err, size_t err_len) {
     const stored_t *t = &f->stored[idx];
     size_t n = (size_t)(t->end - t->begin);
-    unsigned char *buf = (unsigned char *)malloc(n ? n : 1);
+    unsigned char *buf;
+    if ((uint64_t)n != t->end - t->begin) {
+        set_err(err, err_len, "%s: tensor '%s' does not fit this machine's memory", f->path, t->name);
+        return NULL;
+    }
+    buf = (unsigned char *)malloc(n ? n : 1);
     if (!buf) { set_err(err, err_len, "%s: out of memory reading '%s'", f->path, t->name); return NULL; }
     if (bcr_fseek(f->fp, (long long)(f->data_start + t->begin), SEEK_SET) || fread(buf, 1, n, f->fp) != n) {
         free(buf);
@@ -790,7 +1092,7 @@ static unsigned char *read_stored(bcr_file *f, size_t idx, char *err, size_t err
 
 static int decode_plain(bcr_file *f, size_t idx, float *out, char *err, size_t err_len) {
     const stored_t *t = &f->stored[idx];
-    int64_t n = numel(t->shape, t->ndim), k;
+    uint64_t n = t->numel, k;
     unsigned char *b = read_stored(f, idx, err, err_len);
     const char *d = t->dtype;
     if (!b) return -1;
@@ -833,19 +1135,64 @@ static int level_of(const packed_t *p, const unsigned char *row, int64_t c) {
     return (row[c / 4] >> (2 * (c % 4))) & 3; /* uint2 */
 }
 
+/* The stored values every decoded element depends on, checked before any is used: finite scales, zero points
+ * within the scheme's levels, outlier indices inside the weight and strictly increasing. */
+static int check_values(bcr_file *f, const packed_t *p, const unsigned char *scale_b, const unsigned char *zero,
+                        const unsigned char *oidx, char *err, size_t err_len) {
+    const stored_t *s = &f->stored[p->part[PART_SCALE]];
+    uint64_t k;
+    for (k = 0; k < s->numel; k++) {
+        if ((le32(scale_b + 4 * k) & 0x7F800000u) == 0x7F800000u) {
+            set_err(err, err_len, "%s: tensor '%s': scale %llu is NaN or infinite; the file is corrupt",
+                    f->path, p->name, (unsigned long long)k);
+            return -1;
+        }
+    }
+    if (zero) {
+        const unsigned max_zero = !strcmp(p->scheme, "uint4") ? 15u : 3u;
+        for (k = 0; k < f->stored[p->part[PART_ZERO]].numel; k++) {
+            if (zero[k] > max_zero) {
+                set_err(err, err_len, "%s: tensor '%s': zero point %llu is %u, above the %s maximum %u; the file is corrupt",
+                        f->path, p->name, (unsigned long long)k, zero[k], p->scheme, max_zero);
+                return -1;
+            }
+        }
+    }
+    for (k = 0; k < (uint64_t)p->n_outliers; k++) {
+        int64_t at = (int64_t)le64(oidx + 8 * k);
+        if (at < 0 || (uint64_t)at >= p->numel) {
+            set_err(err, err_len, "%s: tensor '%s': outlier index %lld falls outside the weight; the file is corrupt",
+                    f->path, p->name, (long long)at);
+            return -1;
+        }
+        if (k && at <= (int64_t)le64(oidx + 8 * (k - 1))) {
+            set_err(err, err_len, "%s: tensor '%s': outlier indices must increase strictly, but index %llu is %lld after %lld; the file is corrupt",
+                    f->path, p->name, (unsigned long long)k, (long long)at, (long long)le64(oidx + 8 * (k - 1)));
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int decode_packed(bcr_file *f, const packed_t *p, float *out, char *err, size_t err_len) {
     unsigned char *codes = NULL, *scale_b = NULL, *zero = NULL, *oidx = NULL, *oval = NULL;
-    int64_t row_bytes = code_row_bytes(p), r, c, k;
+    int64_t r, c, k;
     int is_group = !strcmp(p->granularity, "group"), is_channel = !strcmp(p->granularity, "channel");
     int asym = !strcmp(p->scheme, "uint4") || !strcmp(p->scheme, "uint2");
+    int ternary = !strcmp(p->scheme, "ternary");
     int rc = -1;
 
+    /* every index below is bounded by the part shapes checked against the spec when the file was opened */
     codes = read_stored(f, (size_t)p->part[PART_CODES], err, err_len);
     scale_b = codes ? read_stored(f, (size_t)p->part[PART_SCALE], err, err_len) : NULL;
     if (!scale_b) goto done;
     if (asym && !(zero = read_stored(f, (size_t)p->part[PART_ZERO], err, err_len))) goto done;
+    if (p->n_outliers && (!(oidx = read_stored(f, (size_t)p->part[PART_OIDX], err, err_len)) ||
+                          !(oval = read_stored(f, (size_t)p->part[PART_OVAL], err, err_len))))
+        goto done;
+    if (check_values(f, p, scale_b, zero, oidx, err, err_len)) goto done;
     for (r = 0; r < p->out; r++) {
-        const unsigned char *row = codes + r * row_bytes;
+        const unsigned char *row = codes + r * p->row_bytes;
         for (c = 0; c < p->in; c++) {
             int64_t g = is_group ? c / p->group_size : 0;
             int64_t si = is_group ? r * p->n_groups + g : (is_channel ? r : 0);
@@ -863,19 +1210,16 @@ static int decode_packed(bcr_file *f, const packed_t *p, float *out, char *err, 
             out[r * p->in + c] = v * scale;
         }
     }
-    if (p->n_outliers) {
-        if (!(oidx = read_stored(f, (size_t)p->part[PART_OIDX], err, err_len)) ||
-            !(oval = read_stored(f, (size_t)p->part[PART_OVAL], err, err_len)))
+    for (k = 0; k < p->n_outliers; k++) {
+        int64_t at = (int64_t)le64(oidx + 8 * k);
+        /* ternary stores a zero trit under each outlier, so "replace" and "add as a sparse correction" (both
+         * allowed by the spec) agree; anything else would decode differently in different readers */
+        if (ternary && level_of(p, codes + (at / p->in) * p->row_bytes, at % p->in) != 0) {
+            set_err(err, err_len, "%s: tensor '%s': a nonzero code under outlier %lld (row %lld, column %lld); the file is corrupt",
+                    f->path, p->name, (long long)k, (long long)(at / p->in), (long long)(at % p->in));
             goto done;
-        for (k = 0; k < p->n_outliers; k++) {
-            int64_t at = (int64_t)le64(oidx + 8 * k);
-            if (at < 0 || at >= p->out * p->in) {
-                set_err(err, err_len, "%s: tensor '%s': outlier index %lld falls outside the weight; the file is corrupt",
-                        f->path, p->name, (long long)at);
-                goto done;
-            }
-            out[at] = bcr_half_to_float(le16(oval + 2 * k)); /* outliers replace the decoded value */
         }
+        out[at] = bcr_half_to_float(le16(oval + 2 * k)); /* outliers replace the decoded value */
     }
     rc = 0;
 done:
@@ -889,7 +1233,7 @@ done:
 
 int bcr_decode(bcr_file *f, const char *name, float **values, size_t *n_out, char *err, size_t err_len) {
     const logical_t *l = find_logical(f, name);
-    int64_t n;
+    uint64_t n;
     float *out;
     int rc;
     *values = NULL;
@@ -898,8 +1242,11 @@ int bcr_decode(bcr_file *f, const char *name, float **values, size_t *n_out, cha
         set_err(err, err_len, "%s: no tensor named '%s' (list the tensors by running the reader on the file alone)", f->path, name);
         return -1;
     }
-    if (l->kind == BCR_PLAIN) n = numel(f->stored[l->index].shape, f->stored[l->index].ndim);
-    else n = f->packed[l->index].out * f->packed[l->index].in;
+    n = l->kind == BCR_PLAIN ? f->stored[l->index].numel : f->packed[l->index].numel;
+    if (n > ((size_t)-1) / sizeof(float)) {
+        set_err(err, err_len, "%s: tensor '%s' is too large to decode on this machine", f->path, name);
+        return -1;
+    }
     out = (float *)malloc((size_t)(n ? n : 1) * sizeof(float));
     if (!out) { set_err(err, err_len, "%s: out of memory decoding '%s'", f->path, name); return -1; }
     rc = l->kind == BCR_PLAIN ? decode_plain(f, l->index, out, err, err_len)

@@ -7,7 +7,9 @@
  * by their stored name. Decoding follows the spec's formulas in float32, so the result equals the Python
  * reference (bitconv.schemes.dequantize) bit for bit.
  *
- * Every function that can fail returns 0 on success or -1 with a one-line message in `err`.
+ * Every function that can fail returns 0 on success or -1 with a one-line message in `err`. Files are untrusted:
+ * bcr_open refuses any header that breaks formats/SPEC.md "Validation (what every reader must refuse)", and
+ * bcr_decode refuses stored values that break it (NaN scales, reserved codes, bad outlier indices, ...).
  * The file is read with stdio; tensors are read on demand, so large files are not loaded whole.
  */
 #ifndef BITCONV_READER_H

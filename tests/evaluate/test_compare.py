@@ -6,10 +6,11 @@ import bitconv.quantize.convert
 from bitconv.errors import BitconvError
 from bitconv.evaluate.compare import compare, parse_bits_list, run_name
 from bitconv.evaluate.results import read_result
+from bitconv.evaluate.run import EvalConfig
 from support.evalkit import with_tokenizer
 
 TEXT = "".join(f"Act {i}, scene {i % 5}: what light through yonder window breaks {i * 3 % 11}.\n" for i in range(80))
-EVAL = dict(context=32, max_tokens=150, latency_repeats=1, progress=False)
+EVAL = dict(context=32, max_tokens=150, latency_repeats=1)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,9 @@ def test_bits_lists_and_run_names():
 
 
 def test_compare_writes_one_result_per_scheme_with_layer_errors(llama, text_file, tmp_path):
-    rows = compare(str(llama), tmp_path / "runs", "16,8,1.58", task="perplexity", data=str(text_file),
-                   eval_options=EVAL, isolate=False, progress=False, log=lambda *a: None)
+    rows = compare(str(llama), tmp_path / "runs", "16,8,1.58",
+            eval_config=EvalConfig("perplexity", str(text_file), **EVAL),
+            isolate=False, progress=False, log=lambda *a: None)
     assert [r["status"] for r in rows] == ["ok"] * 3
     results = {r["name"]: read_result(r["path"]) for r in rows}
     errors = {}
@@ -58,8 +60,9 @@ def test_a_failed_conversion_is_recorded_and_the_others_complete(llama, text_fil
         return real(source, out, config, **kw)
 
     monkeypatch.setattr(bitconv.quantize.convert, "convert", flaky)
-    rows = compare(str(llama), tmp_path / "runs", "16,8,1", task="perplexity", data=str(text_file),
-                   eval_options=EVAL, isolate=False, progress=False, log=lambda *a: None)
+    rows = compare(str(llama), tmp_path / "runs", "16,8,1",
+            eval_config=EvalConfig("perplexity", str(text_file), **EVAL),
+            isolate=False, progress=False, log=lambda *a: None)
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     failed = read_result(tmp_path / "runs" / "bits-8-int8.json")
     assert failed["status"] == "failed" and failed["error"] == "conversion failed: simulated: disk full"
@@ -68,8 +71,9 @@ def test_a_failed_conversion_is_recorded_and_the_others_complete(llama, text_fil
 
 def test_an_evaluation_failing_in_its_own_process_is_recorded(llama, text_file, tmp_path):
     # the tiny model has 64 positions: the child process raises, the parent records it and goes on
-    rows = compare(str(llama), tmp_path / "runs", "16,1.58", task="perplexity", data=str(text_file),
-                   eval_options=dict(EVAL, context=128), isolate=True, progress=False, log=lambda *a: None)
+    rows = compare(str(llama), tmp_path / "runs", "16,1.58",
+            eval_config=EvalConfig("perplexity", str(text_file), **dict(EVAL, context=128)),
+            isolate=True, progress=False, log=lambda *a: None)
     assert [r["status"] for r in rows] == ["failed", "failed"]
     res = read_result(rows[1]["path"])
     assert "--context 128 is longer than the model's maximum of 64" in res["error"]
@@ -78,16 +82,18 @@ def test_an_evaluation_failing_in_its_own_process_is_recorded(llama, text_file, 
 
 def test_compare_checks_the_data_before_converting(llama, tmp_path):
     with pytest.raises(BitconvError, match="missing.txt: data file not found"):
-        compare(str(llama), tmp_path / "runs", "16", task="perplexity", data=str(tmp_path / "missing.txt"),
-                eval_options=EVAL, isolate=False, progress=False, log=lambda *a: None)
+        compare(str(llama), tmp_path / "runs", "16",
+            eval_config=EvalConfig("perplexity", str(tmp_path / "missing.txt"), **EVAL),
+            isolate=False, progress=False, log=lambda *a: None)
     assert not (tmp_path / "runs" / "models").exists() or not any((tmp_path / "runs" / "models").iterdir())
 
 
 def test_compare_is_deterministic_apart_from_timings(llama, text_file, tmp_path):
     metrics = []
     for name in ("a", "b"):
-        rows = compare(str(llama), tmp_path / name, "2", task="perplexity", data=str(text_file),
-                       eval_options=EVAL, isolate=False, progress=False, log=lambda *a: None)
+        rows = compare(str(llama), tmp_path / name, "2",
+            eval_config=EvalConfig("perplexity", str(text_file), **EVAL),
+            isolate=False, progress=False, log=lambda *a: None)
         res = read_result(rows[0]["path"])
         metrics.append(json.dumps([res["metrics"], res["quantization_error"]], sort_keys=True))
     assert metrics[0] == metrics[1]

@@ -12,13 +12,13 @@ from bitconv.evaluate.backends import CAUSAL_LM, Backend, open_backend
 from bitconv.evaluate.metrics import (
     classification_metrics,
     classify,
-    evaluate_model,
     perplexity,
     sliding_windows,
     tokenize_text,
     zero_shot,
 )
 from bitconv.evaluate.results import SCHEMA, read_result, write_result
+from bitconv.evaluate.run import EvalConfig, evaluate_model
 from bitconv.quantize.config import QuantConfig
 from support.evalkit import char_tokenizer, with_tokenizer
 
@@ -280,8 +280,7 @@ def test_zero_shot_picks_the_most_likely_label_word(llama, tmp_path):
 
 def test_evaluate_model_writes_a_versioned_result_with_costs(llama, text_file, tmp_path):
     folder = bitconv.convert(llama, tmp_path / "t", QuantConfig.for_bits(1.58), progress=False).out
-    result = evaluate_model(str(folder), "perplexity", str(text_file), context=32, max_tokens=100,
-                            latency_repeats=2, progress=False)
+    result = evaluate_model(str(folder), EvalConfig("perplexity", str(text_file), context=32, max_tokens=100, latency_repeats=2), progress=False)
     path = write_result(tmp_path / "r.json", result)
     back = read_result(path)
     assert back["schema"] == SCHEMA and back["status"] == "ok" and back["model"]["scheme"] == "ternary"
@@ -296,8 +295,7 @@ def test_evaluate_model_writes_a_versioned_result_with_costs(llama, text_file, t
 
 
 def test_results_are_deterministic_apart_from_timings(llama, text_file):
-    runs = [evaluate_model(str(llama), "perplexity", str(text_file), context=32, max_tokens=120,
-                           latency_repeats=0, progress=False) for _ in range(2)]
+    runs = [evaluate_model(str(llama), EvalConfig("perplexity", str(text_file), context=32, max_tokens=120, latency_repeats=0), progress=False) for _ in range(2)]
     assert json.dumps(runs[0]["metrics"], sort_keys=True) == json.dumps(runs[1]["metrics"], sort_keys=True)
 
 
@@ -314,13 +312,13 @@ def test_bad_input_is_one_clear_error(case, pattern, llama, bert, text_file, tmp
     (tmp_path / "empty.txt").write_text("  \n")
     tsv = _tsv(tmp_path / "d.tsv", [("good", "1"), ("odd", "maybe")])
     calls = {
-        "missing": lambda: evaluate_model(str(llama), "perplexity", str(tmp_path / "missing.txt")),
-        "empty": lambda: evaluate_model(str(llama), "perplexity", str(tmp_path / "empty.txt")),
-        "context": lambda: evaluate_model(str(llama), "perplexity", str(text_file), context=65, progress=False),
-        "no_column": lambda: evaluate_model(str(bert), "classify", str(tsv), text_column="review"),
-        "bad_label": lambda: evaluate_model(str(bert), "classify", str(tsv), progress=False),
-        "not_causal": lambda: evaluate_model(str(bert), "perplexity", str(text_file), progress=False),
-        "no_template": lambda: evaluate_model("not-loaded", "classify", str(tsv), labels="a,b", template="no slot"),
+        "missing": lambda: evaluate_model(str(llama), EvalConfig("perplexity", str(tmp_path / "missing.txt"))),
+        "empty": lambda: evaluate_model(str(llama), EvalConfig("perplexity", str(tmp_path / "empty.txt"))),
+        "context": lambda: evaluate_model(str(llama), EvalConfig("perplexity", str(text_file), context=65), progress=False),
+        "no_column": lambda: evaluate_model(str(bert), EvalConfig("classify", str(tsv), text_column="review")),
+        "bad_label": lambda: evaluate_model(str(bert), EvalConfig("classify", str(tsv)), progress=False),
+        "not_causal": lambda: evaluate_model(str(bert), EvalConfig("perplexity", str(text_file)), progress=False),
+        "no_template": lambda: evaluate_model("not-loaded", EvalConfig("classify", str(tsv), labels="a,b", template="no slot")),
     }
     with pytest.raises(BitconvError, match=pattern) as info:
         calls[case]()
@@ -346,9 +344,9 @@ def test_minilm_sentiment_classifier_keeps_its_accuracy_at_int8(minilm_dir, tmp_
     """all-MiniLM-L6-v2 with a logistic-regression head fitted on 400 SST-2 sentences, then converted."""
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    from support.paths import SHARED_DATA
+    from support.paths import shared_data
 
-    train = read_examples(SHARED_DATA / "sst2" / "train.tsv", max_examples=400)
+    train = read_examples(shared_data("sst2", "train.tsv"), max_examples=400)
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=2,
                                                           id2label={0: "negative", 1: "positive"},
@@ -372,10 +370,10 @@ def test_minilm_sentiment_classifier_keeps_its_accuracy_at_int8(minilm_dir, tmp_
     folder = tmp_path / "minilm-sst2"
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
-    data = SHARED_DATA / "sst2" / "validation.tsv"
-    fp = evaluate_model(str(folder), "classify", str(data), max_examples=300, latency_repeats=2, progress=False)
+    data = shared_data("sst2", "validation.tsv")
+    fp = evaluate_model(str(folder), EvalConfig("classify", str(data), max_examples=300, latency_repeats=2), progress=False)
     assert fp["metrics"]["accuracy"] > 0.65  # a linear probe on frozen MiniLM; chance is ~0.5
     q = bitconv.convert(folder, tmp_path / "minilm-sst2-int8", QuantConfig.for_bits(8), progress=False).out
-    q8 = evaluate_model(str(q), "classify", str(data), max_examples=300, latency_repeats=0, progress=False)
+    q8 = evaluate_model(str(q), EvalConfig("classify", str(data), max_examples=300, latency_repeats=0), progress=False)
     assert abs(q8["metrics"]["accuracy"] - fp["metrics"]["accuracy"]) < 0.03
     assert q8["cost"]["weights_in_file"]["linear"]["bits_per_weight"] < 8.2

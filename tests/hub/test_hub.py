@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from bitconv.errors import BitconvError
+from bitconv.evaluate.run import EvalConfig
 from bitconv.format.summary import summarize
 from bitconv.hub.push import plan_push, push
 from bitconv.report.model_card import front_matter
@@ -305,9 +306,9 @@ def test_card_with_a_real_bitconv_report(hub, tiny_llama, tmp_path):
 
     model = with_tokenizer(tiny_llama, tmp_path / "llama")
     (tmp_path / "text.txt").write_text("".join(f"Enter {i}: now is the winter of our discontent.\n" for i in range(60)))
-    compare(str(model), tmp_path / "runs", "16,1.58", task="perplexity", data=str(tmp_path / "text.txt"),
-            eval_options=dict(context=32, max_tokens=80, latency_repeats=1, progress=False), isolate=False,
-            keep_models=False, progress=False, log=lambda *a: None)
+    compare(str(model), tmp_path / "runs", "16,1.58",
+            eval_config=EvalConfig("perplexity", str(tmp_path / "text.txt"), context=32, max_tokens=80, latency_repeats=1),
+            isolate=False, keep_models=False, progress=False, log=lambda *a: None)
     write_report(build_report(tmp_path / "runs"), json_path=tmp_path / "report.json")
     runs = json.loads((tmp_path / "report.json").read_text())["runs"]
     folder = bitconv.convert(model, tmp_path / "llama-1.58", progress=False).out

@@ -282,6 +282,34 @@ def test_error_group_scale_of_wrong_group_count():
     _expect_error(r"'scale' has shape \[8, 4\], expected \[8, 2\]", model, np.ones((1, 32), np.float32))
 
 
+@pytest.mark.parametrize("act_quant", [False, True], ids=["float", "int8"])
+@pytest.mark.parametrize("group_size", [2**63 - 1, 2**63 - 16, 2**62], ids=["INT64_MAX", "INT64_MAX-15", "2^62"])
+def test_group_size_near_int64_max(isa, group_size, act_quant):
+    """ceil(K / group_size) is 1 for any group_size >= K. It was computed as (K + group_size - 1) / group_size,
+    which overflows near INT64_MAX (UBSan: signed overflow) to 0 or -1 groups: an empty [N, 0] scale was then
+    accepted and read past its end. Now [N, 0] is an ONNX Runtime error and [N, 1] is one group per row."""
+    rng = np.random.default_rng(22)
+    inits, w, _ = _weight(rng, 8, 32, granularity="channel", act_quant=act_quant)
+    a = rng.standard_normal((3, 32)).astype(np.float32)
+    empty = dict(inits, qscale=np.ones((8, 0), np.float32))
+    model = bort.ternary_matmul_model(32, 8, empty, group_size=group_size, act_quant=act_quant)
+    _expect_error(r"TernaryMatMul .*'scale' has shape \[8, 0\], expected \[8, 1\]", model, a)
+    one_group = dict(inits, qscale=inits["qscale"].reshape(8, 1))
+    y = _run(bort.ternary_matmul_model(32, 8, one_group, group_size=group_size, act_quant=act_quant), a)
+    np.testing.assert_allclose(y, _reference(a, w, None, act_quant), rtol=1e-5, atol=_tolerance(a, w))
+
+
+@pytest.mark.parametrize("packing", ["2bit", "base3"])
+def test_error_k_near_int64_max(packing):
+    """The codes' row length ceil(K / 4) or ceil(K / 5) is computed when the kernel is created, from the attribute
+    alone: near INT64_MAX it must not overflow, and the mismatch is an ONNX Runtime error."""
+    rng = np.random.default_rng(23)
+    inits, _ = _good_model(rng, packing=packing)
+    for K in (2**63 - 1, 2**63 - 3):
+        model = bort.ternary_matmul_model(K, 8, inits, packing=packing, a_shape=["M", "K_in"])
+        _expect_error(rf"TernaryMatMul .*last dimension 32 .*K={K}", model, np.ones((1, 32), np.float32))
+
+
 def test_error_zero_rows():
     rng = np.random.default_rng(15)
     inits, _ = _good_model(rng)

@@ -7,6 +7,7 @@ import pytest
 from bitconv.errors import BitconvError
 from bitconv.evaluate.compare import compare
 from bitconv.evaluate.results import failed_result, read_result, write_result
+from bitconv.evaluate.run import EvalConfig
 from bitconv.report.build import build_report, read_reference, write_report
 from support.evalkit import with_tokenizer
 
@@ -19,9 +20,9 @@ def runs(tiny_llama, tmp_path_factory):
     base = tmp_path_factory.mktemp("report")
     model = with_tokenizer(tiny_llama, base / "llama")
     (base / "text.txt").write_text(TEXT)
-    compare(str(model), base / "runs", "16,4,1.58", task="perplexity", data=str(base / "text.txt"),
-            eval_options=dict(context=32, max_tokens=120, latency_repeats=1, progress=False), isolate=False,
-            keep_models=False, progress=False, log=lambda *a: None)
+    compare(str(model), base / "runs", "16,4,1.58",
+            eval_config=EvalConfig("perplexity", str(base / "text.txt"), context=32, max_tokens=120, latency_repeats=1),
+            isolate=False, keep_models=False, progress=False, log=lambda *a: None)
     return base / "runs"
 
 

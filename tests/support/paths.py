@@ -8,3 +8,13 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_TEXT = FIXTURES / "shakespeare_200k.txt"
 # real data sets beside the repository (not in a plain clone): tests that need them skip and say so
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A file under ../shared/data, or a skip that says what is missing (a plain clone has no ../shared)."""
+    import pytest
+
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real data sets live in ../shared/data beside the repository)")
+    return path
