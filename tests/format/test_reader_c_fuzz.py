@@ -15,7 +15,6 @@ the file and decodes every tensor in one process.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support.hostile_files import Obj, Raw, dumps, mutated  # JSON with repeated keys and raw text; mutated copies
 from support.paths import REPO
 
 READER_DIR = REPO / "formats" / "reader_c"
@@ -90,44 +90,6 @@ def driver(tmp_path_factory) -> Path:
                     "-o", str(out), str(work / "driver.c"), str(READER_DIR / "bitconv_reader.c")],
                    check=True, capture_output=True, text=True)
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# JSON that can say what Python dicts cannot: repeated keys, numbers beyond float64, broken literals
-
-
-class Obj(list):
-    """A JSON object as a list of (key, value) pairs, so a key can appear twice."""
-
-    def get(self, key):
-        return next(v for k, v in self if k == key)
-
-    def set(self, key, value) -> None:
-        for i, (k, _) in enumerate(self):
-            if k == key:
-                self[i] = (key, value)
-                return
-        self.append((key, value))
-
-    def remove(self, key) -> None:
-        self[:] = [(k, v) for k, v in self if k != key]
-
-    def rename(self, key, new) -> None:
-        self[:] = [(new if k == key else k, v) for k, v in self]
-
-
-class Raw(str):
-    """JSON text written as is."""
-
-
-def dumps(v) -> str:
-    if isinstance(v, Raw):
-        return str(v)
-    if isinstance(v, Obj):
-        return "{" + ",".join(json.dumps(k) + ":" + dumps(x) for k, x in v) + "}"
-    if isinstance(v, list):
-        return "[" + ",".join(dumps(x) for x in v) + "]"
-    return json.dumps(v)
 
 
 TENSORS = "<bitconv.tensors: the entries, serialized>"
@@ -310,15 +272,9 @@ def test_unmutated_file_decodes_as_built(driver, tmp_path):
 # mutations: each returns the bytes of a mutated copy of BASE
 
 
-def mutate(edit=None, *, header_len=None, data=None, tail=None):
-    """A mutated file: `edit(model)` changes a deep copy, `data(bytearray)` the data, `tail(bytes)` the whole file."""
-    m = copy.deepcopy(BASE)
-    if edit:
-        edit(m)
-    if data:
-        data(m.data)
-    raw = m.serialize(header_len)
-    return tail(raw) if tail else raw
+def mutate(edit=None, **changes) -> bytes:
+    """A mutated copy of BASE (support.hostile_files.mutated)."""
+    return mutated(BASE, edit, **changes)
 
 
 def entry_of(name):

@@ -86,7 +86,7 @@ def test_an_empty_tensor_numpy_cannot_make_is_refused(corpus, tmp_path, dtype):
     """[0, 2^63-1] is 0 bytes, but numpy cannot make an array whose non-zero sizes exceed 2^63-1 bytes (U8 fits,
     yet not once converted to float32): the reader refuses it when the file is opened, not when it is used.
     formats/reader_c accepts it (a known difference until SPEC.md adopts the rule)."""
-    raw = corpus.make(lambda m: (m.entry("empty").put("dtype", dtype), m.entry("empty").put("shape", [0, 2**63 - 1])))
+    raw = corpus.make(lambda m: (m.entry("empty").set("dtype", dtype), m.entry("empty").set("shape", [0, 2**63 - 1])))
     result, message = outcome(tmp_path, raw, {}, f"{dtype} [0, 2^63-1]")
     assert result == "refused" and "too large for an array of any dtype" in message
 
@@ -97,7 +97,7 @@ def test_inspect_refuses_every_broken_header_in_one_line(corpus, tmp_path, run_c
     weight is decoded, so those files still list."""
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
         "quant_method": "bitconv", "format": "bitconv-packed", "format_version": 1, "bits": 1.58}}))
-    escape = ("dtype with an escape sequence", corpus.make(lambda m: m.entry("u8").put("dtype", "\x1b[31mU8")),
+    escape = ("dtype with an escape sequence", corpus.make(lambda m: m.entry("u8").set("dtype", "\x1b[31mU8")),
               "unsupported dtype")
     for label, raw, message in [*corpus.rules(), escape]:
         (tmp_path / "model.safetensors").write_bytes(raw)

@@ -25,12 +25,6 @@ N_RANDOM = 250
 # reads them as the empty tensors they are. The one difference allowed here, until SPEC.md takes a side.
 NUMPY_LIMIT = "too large for an array of any dtype"
 
-pytestmark = pytest.mark.skipif(
-    "## Validation (what every reader must refuse)" not in (REPO / "formats" / "SPEC.md").read_text(),
-    reason="this checkout's C reader predates SPEC.md 'Validation' (issue 12)",
-)
-
-
 @pytest.fixture(scope="module")
 def reader_c(tmp_path_factory) -> Path:
     cc = shutil.which("cc") or shutil.which("gcc")

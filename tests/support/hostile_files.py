@@ -29,59 +29,54 @@ TENSORS = "<the entries, serialized here>"  # where bitconv.tensors stands in th
 SUFFIXES = (".qcodes", ".qscale", ".qzero", ".outlier_idx", ".outlier_val")
 
 
-class Raw(str):
-    """JSON text written as is."""
-
-
-def dumps(value) -> str:
-    if isinstance(value, Raw):
-        return str(value)
-    if isinstance(value, Pairs):
-        return "{" + ",".join(json.dumps(k) + ":" + dumps(v) for k, v in value) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(dumps(v) for v in value) + "]"
-    return json.dumps(value)
-
-
-class Pairs(list):
-    """A JSON object as a list of [key, value], so a key can appear twice."""
+class Obj(list):
+    """A JSON object as a list of (key, value) pairs, so a key can appear twice."""
 
     def get(self, key):
         return next(v for k, v in self if k == key)
 
-    def put(self, key, value) -> None:
-        for pair in self:
-            if pair[0] == key:
-                pair[1] = value
+    def set(self, key, value) -> None:
+        for i, (k, _) in enumerate(self):
+            if k == key:
+                self[i] = (key, value)
                 return
-        self.append([key, value])
+        self.append((key, value))
 
-    def drop(self, key) -> None:
-        self[:] = [p for p in self if p[0] != key]
+    def remove(self, key) -> None:
+        self[:] = [(k, v) for k, v in self if k != key]
 
     def rename(self, key, new) -> None:
-        for pair in self:
-            if pair[0] == key:
-                pair[0] = new
+        self[:] = [(new if k == key else k, v) for k, v in self]
 
 
-def _pairs(items) -> Pairs:
-    return Pairs([list(p) for p in items])
+class Raw(str):
+    """JSON text written as is."""
+
+
+def dumps(v) -> str:
+    """JSON of `v`, with Obj's repeated keys and Raw's text kept as they are."""
+    if isinstance(v, Raw):
+        return str(v)
+    if isinstance(v, Obj):
+        return "{" + ",".join(json.dumps(k) + ":" + dumps(x) for k, x in v) + "}"
+    if isinstance(v, list):
+        return "[" + ",".join(dumps(x) for x in v) + "]"
+    return json.dumps(v)
 
 
 @dataclass
 class Model:
-    header: Pairs  # "__metadata__" and one entry per stored tensor
-    entries: Pairs  # bitconv.tensors, serialized back into the metadata
+    header: Obj  # "__metadata__" and one entry per stored tensor
+    entries: Obj  # bitconv.tensors, serialized back into the metadata
     data: bytearray
 
-    def meta(self) -> Pairs:
+    def meta(self) -> Obj:
         return self.header.get("__metadata__")
 
-    def entry(self, name: str) -> Pairs:
+    def entry(self, name: str) -> Obj:
         return self.header.get(name)
 
-    def spec(self, name: str) -> Pairs:
+    def spec(self, name: str) -> Obj:
         return self.entries.get(name)
 
     def span(self, name: str) -> tuple[int, int]:
@@ -89,11 +84,9 @@ class Model:
 
     def serialize(self, header_len: int | None = None) -> bytes:
         header = copy.deepcopy(self.header)
-        for pair in header:
-            if pair[0] == "__metadata__" and isinstance(pair[1], Pairs):
-                for item in pair[1]:
-                    if item[1] == TENSORS:
-                        item[1] = dumps(self.entries)
+        for key, value in header:
+            if key == "__metadata__" and isinstance(value, Obj):
+                value[:] = [(k, dumps(self.entries) if v == TENSORS else v) for k, v in value]
         text = dumps(header).encode()
         text += b" " * (-len(text) % 8)
         return struct.pack("<Q", len(text) if header_len is None else header_len) + text + bytes(self.data)
@@ -139,10 +132,22 @@ def read_everything(folder: Path) -> dict[str, bytes]:
 def load_model(path: Path) -> Model:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n], object_pairs_hook=_pairs)
-    entries = json.loads(header.get("__metadata__").get("bitconv.tensors"), object_pairs_hook=_pairs)
-    header.get("__metadata__").put("bitconv.tensors", TENSORS)
+    header = json.loads(raw[8:8 + n], object_pairs_hook=Obj)
+    entries = json.loads(header.get("__metadata__").get("bitconv.tensors"), object_pairs_hook=Obj)
+    header.get("__metadata__").set("bitconv.tensors", TENSORS)
     return Model(header, entries, bytearray(raw[8 + n:]))
+
+
+def mutated(base, edit=None, *, header_len=None, data=None, tail=None) -> bytes:
+    """A mutated copy of `base` (a model with `data` and `serialize(header_len)`) as bytes: `edit(model)` changes
+    the copy, `data(bytearray)` its data, `tail(bytes)` the whole file."""
+    m = copy.deepcopy(base)
+    if edit:
+        edit(m)
+    if data:
+        data(m.data)
+    raw = m.serialize(header_len)
+    return tail(raw) if tail else raw
 
 
 class Mutations:
@@ -154,15 +159,8 @@ class Mutations:
         self.packed = [k for k, _ in base.entries]
         self.parts = {n + s for n in self.packed for s in SUFFIXES}
 
-    def make(self, edit=None, *, header_len=None, data=None, tail=None) -> bytes:
-        """`edit(model)` changes a copy, `data(bytearray)` its data, `tail(bytes)` the whole file."""
-        m = copy.deepcopy(self.base)
-        if edit:
-            edit(m)
-        if data:
-            data(m.data)
-        raw = m.serialize(header_len)
-        return tail(raw) if tail else raw
+    def make(self, edit=None, **changes) -> bytes:
+        return mutated(self.base, edit, **changes)
 
     def header_length(self) -> int:
         return struct.unpack("<Q", self.base.serialize()[:8])[0]
@@ -219,60 +217,60 @@ class Mutations:
             ("not UTF-8", mk(lambda m: m.meta().append(["x", Raw('"\xff"')]), tail=lambda b: b.replace(b"\xc3\xbf", b"\xff")),
              "not UTF-8"),
             ("metadata value not a string", mk(lambda m: m.meta().append(["x", 5])), "JSON object of strings"),
-            ("metadata not an object", mk(lambda m: m.header.put("__metadata__", ["x"])), "JSON object of strings"),
-            ("entry not an object", mk(lambda m: m.header.put("u8", [0, 5])), "tensor 'u8': its header entry is not"),
-            ("missing dtype", mk(lambda m: m.entry("u8").drop("dtype")), "no 'dtype' string"),
-            ("unsupported dtype", mk(lambda m: m.entry("u8").put("dtype", "F8_E4M3")), "unsupported dtype 'F8_E4M3'"),
-            ("negative shape", mk(lambda m: m.entry("norm.weight").put("shape", [-7])), "'shape' must be a list"),
-            ("shape [-256]", mk(lambda m: m.entry("norm.weight").put("shape", [-256])), "'shape' must be a list"),
-            ("float shape", mk(lambda m: m.entry("norm.weight").put("shape", [Raw("7.0")])), "'shape' must be a list"),
-            ("boolean shape", mk(lambda m: m.entry("flag").put("shape", [True, True])), "'shape' must be a list"),
-            ("nine dimensions", mk(lambda m: m.entry("u8").put("shape", [1] * 8 + [5])), "at most 8"),
-            ("shape beyond int64", mk(lambda m: m.entry("empty").put("shape", [0, 2**63])), "'shape' must be a list"),
-            ("negative offset", mk(lambda m: m.entry("u8").put("data_offsets", [-1, self.base.span("u8")[1]])),
+            ("metadata not an object", mk(lambda m: m.header.set("__metadata__", ["x"])), "JSON object of strings"),
+            ("entry not an object", mk(lambda m: m.header.set("u8", [0, 5])), "tensor 'u8': its header entry is not"),
+            ("missing dtype", mk(lambda m: m.entry("u8").remove("dtype")), "no 'dtype' string"),
+            ("unsupported dtype", mk(lambda m: m.entry("u8").set("dtype", "F8_E4M3")), "unsupported dtype 'F8_E4M3'"),
+            ("negative shape", mk(lambda m: m.entry("norm.weight").set("shape", [-7])), "'shape' must be a list"),
+            ("shape [-256]", mk(lambda m: m.entry("norm.weight").set("shape", [-256])), "'shape' must be a list"),
+            ("float shape", mk(lambda m: m.entry("norm.weight").set("shape", [Raw("7.0")])), "'shape' must be a list"),
+            ("boolean shape", mk(lambda m: m.entry("flag").set("shape", [True, True])), "'shape' must be a list"),
+            ("nine dimensions", mk(lambda m: m.entry("u8").set("shape", [1] * 8 + [5])), "at most 8"),
+            ("shape beyond int64", mk(lambda m: m.entry("empty").set("shape", [0, 2**63])), "'shape' must be a list"),
+            ("negative offset", mk(lambda m: m.entry("u8").set("data_offsets", [-1, self.base.span("u8")[1]])),
              "'data_offsets' must be two integers"),
-            ("offsets reversed", mk(lambda m: m.entry("u8").put("data_offsets", list(self.base.span("u8"))[::-1])),
+            ("offsets reversed", mk(lambda m: m.entry("u8").set("data_offsets", list(self.base.span("u8"))[::-1])),
              "'data_offsets' must be two integers"),
-            ("three offsets", mk(lambda m: m.entry("u8").put("data_offsets", [*self.base.span("u8"), 0])),
+            ("three offsets", mk(lambda m: m.entry("u8").set("data_offsets", [*self.base.span("u8"), 0])),
              "'data_offsets' must be two integers"),
             ("truncated", mk(tail=lambda b: b[:-4]), "truncated"),
-            ("bytes that disagree with the shape", mk(lambda m: m.entry("emb.weight").put("shape", [4, 5])),
+            ("bytes that disagree with the shape", mk(lambda m: m.entry("emb.weight").set("shape", [4, 5])),
              "not what its dtype F32 and shape"),
-            ("F32 [2^31, 2^31] in 0 bytes (2^64 wraps to 0)", mk(lambda m: m.entry("empty").put("shape", [2**31, 2**31])),
+            ("F32 [2^31, 2^31] in 0 bytes (2^64 wraps to 0)", mk(lambda m: m.entry("empty").set("shape", [2**31, 2**31])),
              "not what its dtype F32 and shape"),
-            ("overlap", mk(lambda m: m.entry("u8").put("data_offsets", [x - 2 for x in self.base.span("u8")])),
+            ("overlap", mk(lambda m: m.entry("u8").set("data_offsets", [x - 2 for x in self.base.span("u8")])),
              "an overlap"),
-            ("gap", mk(lambda m: m.header.drop("mask")), "a gap"),
+            ("gap", mk(lambda m: m.header.remove("mask")), "a gap"),
             ("trailing bytes", mk(tail=lambda b: b + bytes(8)), "bytes after the last tensor"),
-            ("not a bitconv file", mk(lambda m: m.meta().drop("bitconv.format")), "not a bitconv packed file"),
-            ("format version 2", mk(lambda m: m.meta().put("bitconv.format_version", "2")), "format version '2'"),
-            ("format version 01", mk(lambda m: m.meta().put("bitconv.format_version", "01")), "format version '01'"),
-            ("no bitconv.tensors", mk(lambda m: m.meta().drop("bitconv.tensors")), "no 'bitconv.tensors'"),
-            ("bitconv.tensors a list", mk(lambda m: m.meta().put("bitconv.tensors", "[]")), "not a JSON object"),
+            ("not a bitconv file", mk(lambda m: m.meta().remove("bitconv.format")), "not a bitconv packed file"),
+            ("format version 2", mk(lambda m: m.meta().set("bitconv.format_version", "2")), "format version '2'"),
+            ("format version 01", mk(lambda m: m.meta().set("bitconv.format_version", "01")), "format version '01'"),
+            ("no bitconv.tensors", mk(lambda m: m.meta().remove("bitconv.tensors")), "no 'bitconv.tensors'"),
+            ("bitconv.tensors a list", mk(lambda m: m.meta().set("bitconv.tensors", "[]")), "not a JSON object"),
             ("duplicate weight", mk(lambda m: m.entries.append(copy.deepcopy(m.entries[0]))), "duplicate key"),
-            ("entry not an object", mk(lambda m: m.entries.put("b.weight", 5)), "entry is not a JSON object"),
-            ("unknown scheme", mk(lambda m: m.spec("b.weight").put("scheme", "ternary9")), "unknown scheme"),
-            ("packing zstd", mk(lambda m: m.spec("t2.weight").put("packing", "zstd")), "unknown packing 'zstd'"),
-            ("packing missing (never a default)", mk(lambda m: m.spec("t2.weight").drop("packing")),
+            ("entry not an object", mk(lambda m: m.entries.set("b.weight", 5)), "entry is not a JSON object"),
+            ("unknown scheme", mk(lambda m: m.spec("b.weight").set("scheme", "ternary9")), "unknown scheme"),
+            ("packing zstd", mk(lambda m: m.spec("t2.weight").set("packing", "zstd")), "unknown packing 'zstd'"),
+            ("packing missing (never a default)", mk(lambda m: m.spec("t2.weight").remove("packing")),
              "no 'packing' string"),
-            ("base3 for binary", mk(lambda m: m.spec("b.weight").put("packing", "base3")), "base3 is defined for ternary"),
-            ("unknown granularity", mk(lambda m: m.spec("b.weight").put("granularity", "row")), "unknown granularity"),
-            ("unknown layout", mk(lambda m: m.spec("b.weight").put("layout", "transposed")), "unknown layout"),
-            ("shape of three", mk(lambda m: m.spec("b.weight").put("shape", [3, 19, 1])), "shape [out, in]"),
-            ("group_size missing", mk(lambda m: m.spec("u4.weight").drop("group_size")), "group_size must be"),
-            ("group_size 0", mk(lambda m: m.spec("u4.weight").put("group_size", 0)), "group_size must be"),
-            ("group_size with channel scales", mk(lambda m: m.spec("b.weight").put("group_size", 8)), "group_size must be"),
-            ("n_outliers -1", mk(lambda m: m.spec("b.weight").put("n_outliers", -1)), "n_outliers must be"),
-            ("n_outliers above the weights", mk(lambda m: m.spec("b.weight").put("n_outliers", 58)), "more than its 57"),
-            ("dtype not a string", mk(lambda m: m.spec("b.weight").put("dtype", 4)), "must be a string"),
+            ("base3 for binary", mk(lambda m: m.spec("b.weight").set("packing", "base3")), "base3 is defined for ternary"),
+            ("unknown granularity", mk(lambda m: m.spec("b.weight").set("granularity", "row")), "unknown granularity"),
+            ("unknown layout", mk(lambda m: m.spec("b.weight").set("layout", "transposed")), "unknown layout"),
+            ("shape of three", mk(lambda m: m.spec("b.weight").set("shape", [3, 19, 1])), "shape [out, in]"),
+            ("group_size missing", mk(lambda m: m.spec("u4.weight").remove("group_size")), "group_size must be"),
+            ("group_size 0", mk(lambda m: m.spec("u4.weight").set("group_size", 0)), "group_size must be"),
+            ("group_size with channel scales", mk(lambda m: m.spec("b.weight").set("group_size", 8)), "group_size must be"),
+            ("n_outliers -1", mk(lambda m: m.spec("b.weight").set("n_outliers", -1)), "n_outliers must be"),
+            ("n_outliers above the weights", mk(lambda m: m.spec("b.weight").set("n_outliers", 58)), "more than its 57"),
+            ("dtype not a string", mk(lambda m: m.spec("b.weight").set("dtype", 4)), "must be a string"),
             ("weight also stored", mk(lambda m: m.entries.append(["u8", copy.deepcopy(m.spec("b.weight"))])),
              "both a packed weight and a stored tensor"),
             ("part missing", mk(lambda m: m.header.rename("b.weight.qscale", "bq")), "is missing (needed by"),
-            ("codes shorter than the spec's shape", mk(lambda m: m.spec("t2.weight").put("shape", [5, 25])),
+            ("codes shorter than the spec's shape", mk(lambda m: m.spec("t2.weight").set("shape", [5, 25])),
              "its spec needs U8[5, 7]"),
-            ("scale of the wrong dtype", mk(lambda m: m.entry("b.weight.qscale").put("dtype", "I32")), "its spec needs F32"),
+            ("scale of the wrong dtype", mk(lambda m: m.entry("b.weight.qscale").set("dtype", "I32")), "its spec needs F32"),
             ("zero points for ternary", mk(lambda m: m.header.rename("u8", "t3.weight.qzero")), "named as a part"),
-            ("parts without an entry", mk(lambda m: m.entries.drop("b.weight")), "named as a part"),
+            ("parts without an entry", mk(lambda m: m.entries.remove("b.weight")), "named as a part"),
             ("NaN scale", mk(data=self.at("b.weight.qscale", 4, float("nan"), "<f")), "scale 1 is NaN or infinite"),
             ("Inf scale", mk(data=self.at("t2.weight.qscale", 0, float("inf"), "<f")), "scale 0 is NaN or infinite"),
             ("zero point 16 for uint4", mk(data=self.at("u4.weight.qzero", 2, 16)), "above the uint4 maximum 15"),
@@ -294,10 +292,10 @@ class Mutations:
             ("entry members in another order", mk(lambda m: [e[1].reverse() for e in m.entries])),
             ("unknown members ignored", mk(lambda m: (m.entry("u8").append(["comment", "x"]),
                                                       m.spec("t3.weight").append(["future", [1, {"a": None}]])))),
-            ("informative members removed", mk(lambda m: (m.spec("u2.weight").drop("dtype"),
-                                                          m.spec("u2.weight").drop("scale_method")))),
-            ("empty tensor with a large other dimension", mk(lambda m: m.entry("empty").put("shape", [0, 2**40]))),
-            ("empty tensor written -0", mk(lambda m: m.entry("empty").put("shape", [Raw("-0"), 3]))),
+            ("informative members removed", mk(lambda m: (m.spec("u2.weight").remove("dtype"),
+                                                          m.spec("u2.weight").remove("scale_method")))),
+            ("empty tensor with a large other dimension", mk(lambda m: m.entry("empty").set("shape", [0, 2**40]))),
+            ("empty tensor written -0", mk(lambda m: m.entry("empty").set("shape", [Raw("-0"), 3]))),
             # t2: 21 codes in 6 bytes a row, so bits 2-7 of each row's last byte are padding; b: 19 bits in 3 bytes
             ("2bit padding codes 0", mk(data=self.bits("t2.weight.qcodes", 5, keep=0x03, add=0))),
             ("binary padding bits 1", mk(data=self.bits("b.weight.qcodes", 2, keep=0x07, add=0xF8))),
@@ -310,7 +308,7 @@ class Mutations:
     # ---- random structured mutations
 
     INTS = [-1, -(2**63), 0, 1, 2**31, 2**32, 2**53 + 1, BIG, 2**63, 2**64, 10**30]
-    WRONG = [None, True, False, "7", [], Pairs(), Raw("1.5"), Raw("1.0"), Raw("1e2"), Raw("-0.0"), Raw("1e400")]
+    WRONG = [None, True, False, "7", [], Obj(), Raw("1.5"), Raw("1.0"), Raw("1e2"), Raw("-0.0"), Raw("1e400")]
 
     def random_mutation(self, rng: np.random.Generator) -> tuple[str, bytes]:
         def pick(options):
@@ -329,19 +327,19 @@ class Mutations:
                 shape.append(pick([0, 2] + self.INTS))
             else:
                 shape = shape[:-1]
-            return f"{name} shape {shape!r}", mk(lambda m: m.entry(name).put("shape", shape))
+            return f"{name} shape {shape!r}", mk(lambda m: m.entry(name).set("shape", shape))
         if kind == "offsets":
             name = pick(self.stored)
             b, e = base.span(name)
             offsets = pick([[pick(self.INTS + [b - 1, b + 1]), e], [b, pick(self.INTS + [e - 1, e + 1])], [e, b],
                             [b - 8, e - 8], [b + 1, e + 1], [b], [b, e, e], pick(self.WRONG), [str(b), e]])
-            return f"{name} offsets {offsets!r}", mk(lambda m: m.entry(name).put("data_offsets", offsets))
+            return f"{name} offsets {offsets!r}", mk(lambda m: m.entry(name).set("data_offsets", offsets))
         if kind == "dtype":
             name = pick(sorted(self.parts & set(self.stored)))  # a part's dtype is fixed by its spec
             old = base.entry(name).get("dtype")
             dtype = pick([d for d in ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL") if d != old]
                          + ["U16", "F8_E5M2", "f32", ""] + self.WRONG)
-            return f"{name} dtype {dtype!r}", mk(lambda m: m.entry(name).put("dtype", dtype))
+            return f"{name} dtype {dtype!r}", mk(lambda m: m.entry(name).set("dtype", dtype))
         if kind == "duplicate":
             where = pick(["tensor", "member", "meta", "weight", "spec member"])
             if where == "tensor":
@@ -362,26 +360,26 @@ class Mutations:
             where = pick(["member", "tensor", "meta", "spec member", "weight"])
             if where == "member":
                 name, key = pick(self.stored), pick(["dtype", "shape", "data_offsets"])
-                return f"remove {name}.{key}", mk(lambda m: m.entry(name).drop(key))
+                return f"remove {name}.{key}", mk(lambda m: m.entry(name).remove(key))
             if where == "tensor":
                 name = pick([n for n in self.stored if n != "empty"])  # dropping a 0-byte tensor is a valid file
-                return f"remove tensor {name}", mk(lambda m: m.header.drop(name))
+                return f"remove tensor {name}", mk(lambda m: m.header.remove(name))
             if where == "meta":
                 key = pick(["bitconv.format", "bitconv.format_version", "bitconv.tensors"])
-                return f"remove metadata {key}", mk(lambda m: m.meta().drop(key))
+                return f"remove metadata {key}", mk(lambda m: m.meta().remove(key))
             name = pick(self.packed)
             if where == "weight":
-                return f"remove entry {name}", mk(lambda m: m.entries.drop(name))
+                return f"remove entry {name}", mk(lambda m: m.entries.remove(name))
             key = pick(["scheme", "shape", "packing", "granularity", "group_size", "n_outliers", "layout"])
-            return f"remove {name} {key}", mk(lambda m: m.spec(name).drop(key))
+            return f"remove {name} {key}", mk(lambda m: m.spec(name).remove(key))
         if kind == "type":
             value = pick(self.WRONG + self.INTS)
             if rng.integers(2):
                 name, key = pick(self.stored), pick(["dtype", "shape", "data_offsets"])
-                return f"{name}.{key} = {value!r}", mk(lambda m: m.entry(name).put(key, value))
+                return f"{name}.{key} = {value!r}", mk(lambda m: m.entry(name).set(key, value))
             name = pick(self.packed)
             key = pick(["scheme", "shape", "packing", "granularity", "group_size", "n_outliers", "layout", "dtype"])
-            return f"{name} {key} = {value!r}", mk(lambda m: m.spec(name).put(key, value))
+            return f"{name} {key} = {value!r}", mk(lambda m: m.spec(name).set(key, value))
         if kind == "spec":
             name = pick(self.packed)
             key, value = pick([("scheme", pick(["ternary", "binary", "int8", "uint4", "uint2", "zstd", "Ternary"])),
@@ -392,7 +390,7 @@ class Mutations:
                                ("shape", [pick(self.INTS + [3, 4, 5]), pick(self.INTS + [10, 19, 21, 22])])])
             if base.spec(name).get(key) == value:
                 value = Raw('"changed"')
-            return f"{name} {key} = {value!r}", mk(lambda m: m.spec(name).put(key, value))
+            return f"{name} {key} = {value!r}", mk(lambda m: m.spec(name).set(key, value))
         if kind == "rename":
             name = pick(self.stored)
             new = pick([name + "\n", name + "\x7f", "\t" + name, pick(self.packed), pick(self.packed) + pick(SUFFIXES),
@@ -402,7 +400,7 @@ class Mutations:
             key, value = pick([("bitconv.format", pick(["bitconv-packed2", "", "Bitconv-packed"])),
                                ("bitconv.format_version", pick(["2", "0", "01", " 1", "1.0", "+1", "\uff11"])),
                                ("bitconv.tensors", pick(["[]", "{", "null", "5", '{"a": {}}', "{} {}", ""]))])
-            return f"metadata {key} = {value!r}", mk(lambda m: m.meta().put(key, value))
+            return f"metadata {key} = {value!r}", mk(lambda m: m.meta().set(key, value))
         if kind == "value":
             how = pick(["scale", "zero", "code0", "base3", "outlier", "outlier code"])
             if how == "scale":
