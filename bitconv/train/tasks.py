@@ -76,7 +76,7 @@ def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
     return ids, mask
 
 
-def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host -> device without making the host wait (pinned memory, asynchronous copy)."""
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
@@ -195,8 +195,8 @@ class ClassifyTask:
 
     def batch(self, idx: torch.Tensor, device: torch.device) -> dict:
         ids, mask = _pad([self.train_ids[i] for i in idx.tolist()], self.tokenizer.pad_token_id)
-        return {"input_ids": _to(ids, device), "attention_mask": _to(mask, device),
-                "labels": _to(self.train_y[idx], device)}
+        return {"input_ids": to_device(ids, device), "attention_mask": to_device(mask, device),
+                "labels": to_device(self.train_y[idx], device)}
 
     def batch_items(self, batch: dict) -> int:
         return batch["input_ids"].shape[0]
@@ -431,7 +431,7 @@ class LMTask:
         return LMLoss(model, teacher, self.cfg, fused)
 
     def batch(self, idx: torch.Tensor, device: torch.device) -> dict:
-        return {"input_ids": _to(self.blocks.get(idx), device)}
+        return {"input_ids": to_device(self.blocks.get(idx), device)}
 
     def batch_items(self, batch: dict) -> int:
         return batch["input_ids"].numel()
