@@ -13,6 +13,7 @@ and a rerun continues after the last one. The finished stream is an ordinary cac
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -116,11 +117,8 @@ def sample_batch(model, start_id: int, n_seq: int, opts: SynthOptions, generator
     out[:, 0] = start_id
     past = _cache(model, opts.length)
     cur = out[:, :1]
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
     for t in range(1, opts.length):
-        with autocast:
-            o = model(input_ids=cur, past_key_values=past, use_cache=True)
+        o = model(input_ids=cur, past_key_values=past, use_cache=True)
         past = o.past_key_values
         nxt = _top_p_sample(o.logits[:, -1, :] / opts.temperature, opts.top_p, generator)
         out[:, t] = nxt
@@ -153,6 +151,8 @@ def generate_stream(model, tokenizer, source_key: str, opts: SynthOptions, cache
         fh.truncate(full_batches * opts.batch * seq_bytes)  # drops a batch half-written when interrupted
     if full_batches:
         say(f"teacher:{opts.n_tokens}: resuming generation after batch {full_batches} of {opts.n_batches}")
+    # on a GPU a bf16 copy writes (the cache then holds one dtype); the fp32 original stays as it is
+    model = copy.deepcopy(model).to(torch.bfloat16) if device.type == "cuda" else model
     model.eval()
     with task_progress("generating", total=opts.n_batches, enabled=progress, completed=full_batches,
                        unit="tokens") as advance, open(partial, "ab") as fh:

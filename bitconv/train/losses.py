@@ -57,19 +57,27 @@ def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
 
 def _chunk_losses(s: torch.Tensor, t: torch.Tensor | None, target: torch.Tensor, temperature: float,
                   distill_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed loss, d loss / d logits) of one chunk of fp32 logits: (1 - w) * CE + w * T^2 * KL(teacher || student)."""
+    """(summed loss, d loss / d logits) of one chunk of fp32 logits: (1 - w) * CE + w * T^2 * KL(teacher || student).
+    Terms of weight 0 are skipped, and at T = 1 the softmax serves both terms (each pass over a chunk reads
+    and writes tokens x vocabulary floats)."""
+    w, T = distill_weight, temperature
+    loss = torch.zeros((), dtype=torch.float32, device=s.device)
+    grad = None
     log_p = torch.log_softmax(s, dim=-1)
-    nll = -log_p.gather(-1, target[:, None]).squeeze(-1)
-    grad = log_p.exp()
-    grad[torch.arange(len(target), device=s.device), target] -= 1.0
-    if t is None:
-        return nll.sum(), grad
-    T = temperature
-    log_ps, log_pt = torch.log_softmax(s / T, dim=-1), torch.log_softmax(t / T, dim=-1)
+    if t is None or w < 1:
+        rows = torch.arange(len(target), device=s.device)
+        loss = loss + (1 - w) * -log_p[rows, target].sum()
+        grad = log_p.exp()
+        grad[rows, target] -= 1.0
+        if t is None:
+            return loss, grad
+        grad *= 1 - w
+    log_ps = log_p if T == 1 else torch.log_softmax(s / T, dim=-1)
+    log_pt = torch.log_softmax(t if T == 1 else t / T, dim=-1)
     pt = log_pt.exp()
-    kl = (pt * (log_pt - log_ps)).sum(-1)
-    grad = (1 - distill_weight) * grad + distill_weight * T * (log_ps.exp() - pt)
-    return ((1 - distill_weight) * nll + distill_weight * T * T * kl).sum(), grad
+    loss = loss + w * T * T * (pt * (log_pt - log_ps)).sum()
+    kd_grad = log_ps.exp_().sub_(pt).mul_(w * T)
+    return loss, kd_grad if grad is None else grad.add_(kd_grad)
 
 
 class _HeadLoss(torch.autograd.Function):
