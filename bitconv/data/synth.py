@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -100,13 +101,16 @@ def _top_p_sample(logits: torch.Tensor, top_p: float, generator: torch.Generator
 
 
 def _cache(model, length: int):
-    """A preallocated key/value cache (no copy per step); the growing one where this transformers has none."""
+    """A preallocated key/value cache (no copy per step); the growing one where this transformers has none.
+    Either is filled in place by the model, so the loop never reads it back from the outputs."""
     try:
         from transformers import StaticCache
 
         return StaticCache(config=model.config, max_cache_len=length)
     except (ImportError, TypeError, ValueError):
-        return None
+        from transformers import DynamicCache
+
+        return DynamicCache()
 
 
 @torch.no_grad()
@@ -116,10 +120,11 @@ def sample_batch(model, start_id: int, n_seq: int, opts: SynthOptions, generator
     out = torch.empty((n_seq, opts.length), dtype=torch.long, device=device)
     out[:, 0] = start_id
     past = _cache(model, opts.length)
+    # transformers renamed `past_key_values` to `cache` (5.2x); pass it under the name this version reads
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     cur = out[:, :1]
     for t in range(1, opts.length):
-        o = model(input_ids=cur, past_key_values=past, use_cache=True)
-        past = o.past_key_values
+        o = model(input_ids=cur, use_cache=True, **{name: past})
         nxt = _top_p_sample(o.logits[:, -1, :] / opts.temperature, opts.top_p, generator)
         out[:, t] = nxt
         cur = nxt[:, None]

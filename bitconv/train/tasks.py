@@ -37,7 +37,7 @@ from bitconv.train.losses import distillation_kl, hidden_state_loss, lm_head_los
 from bitconv.train.runtime import Runtime, autocast
 
 EVAL_BATCH = {"classify": 128, "lm": 8}
-DEFAULT_TEACHER_TOKENS = 20_000_000  # `recover MODEL --task lm` without --train: text the model writes itself
+DEFAULT_TRAIN = "teacher:20M"  # `recover MODEL --task lm` without --train: text the model writes itself
 HEAD_CHUNK = 8192  # tokens per chunk of the LM head's loss
 
 
@@ -355,11 +355,10 @@ class LMTask:
         task = cls(cfg, tokenizer, ctx)
         specs = [parse_source(str(s)) for s in train]
         if not specs:
-            specs = [parse_source(f"teacher:{DEFAULT_TEACHER_TOKENS // 1_000_000}M")]
-            ctx.say(f"no --train given: recovering on {DEFAULT_TEACHER_TOKENS:,} tokens that the original model writes "
-                    f"itself (--train {specs[0].text}); pass --train FILE, FOLDER or hf:NAME to use your own text")
-        for spec in specs:
-            spec.weight  # noqa: B018 - checks the weight before anything is read or generated
+            specs = [parse_source(DEFAULT_TRAIN)]
+            ctx.say(f"no --train given: recovering on text the original model writes itself (--train {DEFAULT_TRAIN}); "
+                    "pass --train FILE, FOLDER or hf:NAME to use your own text")
+        weights = [spec.weight for spec in specs]  # checked before anything is read or generated
         eval_specs = [parse_source(str(s)) for s in eval_sources]
         held_text = _plain_text_file(specs[0]) if len(specs) == 1 and not eval_specs else None
         got = _Streams()
@@ -370,7 +369,7 @@ class LMTask:
                 stream, key = task._stream(spec)
             got.streams.append(stream)
             got.names.append(spec.text)
-            got.weights.append(spec.weight)
+            got.weights.append(weights[n])
             got.keys.append(key)
         if not eval_specs and held_text is None:
             task._hold_out_tail(got)
