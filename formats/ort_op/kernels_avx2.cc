@@ -90,7 +90,8 @@ BITCONV_AVX2 void gemm_float(const GemmProblem& p, int64_t n0, int64_t n1) {
 // activation, pairs summed into 16 bits: at most 2 * 12 * 128), and two 16-bit accumulators (weights 1 and 4)
 // collect four runs before VPMADDWD widens them to 32 bits. The codes are t + 2, so 2 * sum(q) of the group comes
 // off at the end.
-constexpr int64_t kInt16Runs = 4;  // runs summed in 16 bits: the weight-4 accumulator grows by 2 * 2 * 3072 a run
+constexpr int64_t kInt16Runs = 4;  // runs summed in 16 bits: the weight-4 lanes grow by 2 * 3072 a run
+constexpr int64_t kTilePrefetch = 4096;  // tiles asked for this many bytes ahead, as in kernels_avx512.cc
 
 BITCONV_AVX2 inline __m256 rounded(__m256 v) {  // keeps the compiler from fusing a product into the next add
   asm("" : "+x"(v));
@@ -125,6 +126,7 @@ BITCONV_AVX2 void tile_sums(const uint8_t* t, const int8_t* const* q, int64_t c0
     for (int r = 0; r < MB; ++r)
       for (int h = 0; h < 2; ++h) lo16[r][h] = hi16[r][h] = _mm256_setzero_si256();
     for (; c < stop; ++c) {
+      _mm_prefetch(reinterpret_cast<const char*>(t + c * kTileBytes) + kTilePrefetch, _MM_HINT_T0);
       __m256i x[2][4];
       for (int h = 0; h < 2; ++h) {
         const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(t + c * kTileBytes + 32 * h));
