@@ -91,7 +91,7 @@ BITCONV_AVX2 void gemm_float(const GemmProblem& p, int64_t n0, int64_t n1) {
 // collect four runs before VPMADDWD widens them to 32 bits. The codes are t + 2, so 2 * sum(q) of the group comes
 // off at the end.
 constexpr int64_t kInt16Runs = 4;  // runs summed in 16 bits: the weight-4 lanes grow by 2 * 3072 a run
-constexpr int64_t kTilePrefetch = 4096;  // tiles asked for this many bytes ahead, as in kernels_avx512.cc
+constexpr int64_t kTilePrefetch = 4096;  // tiles asked for this many bytes ahead, within the task (kernels_avx512.cc)
 
 BITCONV_AVX2 inline __m256 rounded(__m256 v) {  // keeps the compiler from fusing a product into the next add
   asm("" : "+x"(v));
@@ -115,7 +115,8 @@ BITCONV_AVX2 inline __m256 scales8(const GemmProblem& p, int64_t n0, int64_t g, 
 // Runs [c0, c1) of one row block: the exact sums of q * code for rows 0-7 (out[2r]) and 8-15 (out[2r + 1]) of the
 // block, for MB activation rows, before the 2 * sum(q) correction.
 template <int MB>
-BITCONV_AVX2 void tile_sums(const uint8_t* t, const int8_t* const* q, int64_t c0, int64_t c1, __m256i* out) {
+BITCONV_AVX2 void tile_sums(const uint8_t* t, const int8_t* const* q, int64_t c0, int64_t c1, __m256i* out,
+                            const uint8_t* end) {
   const __m256i m0 = _mm256_set1_epi8(0x03), m1 = _mm256_set1_epi8(0x0C), ones = _mm256_set1_epi16(1);
   __m256i lo32[MB][2], hi32[MB][2];
   for (int r = 0; r < MB; ++r)
@@ -126,7 +127,8 @@ BITCONV_AVX2 void tile_sums(const uint8_t* t, const int8_t* const* q, int64_t c0
     for (int r = 0; r < MB; ++r)
       for (int h = 0; h < 2; ++h) lo16[r][h] = hi16[r][h] = _mm256_setzero_si256();
     for (; c < stop; ++c) {
-      _mm_prefetch(reinterpret_cast<const char*>(t + c * kTileBytes) + kTilePrefetch, _MM_HINT_T0);
+      if (t + c * kTileBytes + kTilePrefetch < end)
+        _mm_prefetch(reinterpret_cast<const char*>(t + c * kTileBytes + kTilePrefetch), _MM_HINT_T0);
       __m256i x[2][4];
       for (int h = 0; h < 2; ++h) {
         const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(t + c * kTileBytes + 32 * h));
@@ -158,7 +160,7 @@ BITCONV_AVX2 void tile_sums(const uint8_t* t, const int8_t* const* q, int64_t c0
 }
 
 template <int MB>
-BITCONV_AVX2 void tile_block(const GemmProblem& p, int64_t m0, int64_t n0) {
+BITCONV_AVX2 void tile_block(const GemmProblem& p, int64_t m0, int64_t n0, const uint8_t* end) {
   const int64_t runs = tile_runs(p.K);
   const uint8_t* t = p.tiles + (n0 / kTileRows) * runs * kTileBytes;
   const int64_t valid = p.N - n0 < kTileRows ? p.N - n0 : kTileRows;
@@ -170,7 +172,7 @@ BITCONV_AVX2 void tile_block(const GemmProblem& p, int64_t m0, int64_t n0) {
   for (int64_t g = 0, c0 = 0; c0 < runs; ++g, c0 += group_runs) {
     const int64_t c1 = c0 + group_runs < runs ? c0 + group_runs : runs;
     __m256i isum[2 * MB];
-    tile_sums<MB>(t, q, c0, c1, isum);
+    tile_sums<MB>(t, q, c0, c1, isum, end);
     const __m256 s[2] = {scales8(p, n0, g, valid), scales8(p, n0 + 8, g, valid - 8)};
     for (int r = 0; r < MB; ++r) {
       const __m256i two_sum = _mm256_set1_epi32(2 * p.q_group_sum[(m0 + r) * p.n_groups + g]);
@@ -194,10 +196,11 @@ BITCONV_AVX2 void gemm_int8(const GemmProblem& p, int64_t n0, int64_t n1) {
     gemm_int8_reference(p, n0, n1);
     return;
   }
+  const uint8_t* end = p.tiles + tile_blocks(n1) * tile_runs(p.K) * kTileBytes;  // this task's tiles
   for (int64_t n = n0; n < n1; n += kTileRows) {
     int64_t m = 0;
-    for (; m + 2 <= p.M; m += 2) tile_block<2>(p, m, n);
-    if (m < p.M) tile_block<1>(p, m, n);
+    for (; m + 2 <= p.M; m += 2) tile_block<2>(p, m, n, end);
+    if (m < p.M) tile_block<1>(p, m, n, end);
   }
 }
 

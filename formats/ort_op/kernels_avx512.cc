@@ -402,15 +402,21 @@ BITCONV_AVX512 inline __m512i fold_fields(__m512i a0, __m512i a1, __m512i a2, __
 
 // Tiles are read in one stream (a row block's runs, then the next block's); asking for the tile this many bytes
 // ahead into L1 kept more memory requests in flight than the hardware prefetcher alone: about 10% less time per
-// GEMV with the weights coming from memory on the machine of docs/benchmarks/ternary_gemv.md (prefetches past the
-// end of the layout are harmless: they never fault).
+// GEMV with the weights coming from memory on the machine of docs/benchmarks/ternary_gemv.md. Never past the end of
+// the thread-pool task's tiles: the next task may run on another core, which would fetch them again.
 constexpr int64_t kTilePrefetch = 4096;
+
+BITCONV_AVX512 inline __attribute__((always_inline)) void prefetch_ahead(const uint8_t* at, const uint8_t* end) {
+  const uint8_t* ahead = at + kTilePrefetch;
+  if (ahead < end) _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
+}
 
 // One tile (run `c`) against MB activation rows, into acc[r][s].
 template <int MB>
 BITCONV_AVX512 inline __attribute__((always_inline)) void tile_step(const uint8_t* t, const int8_t* const* q,
-                                                                    int64_t c, __m512i (*acc)[4]) {
-  _mm_prefetch(reinterpret_cast<const char*>(t + c * kTileBytes) + kTilePrefetch, _MM_HINT_T0);
+                                                                    int64_t c, __m512i (*acc)[4],
+                                                                    const uint8_t* end) {
+  prefetch_ahead(t + c * kTileBytes, end);
   const __m512i w = _mm512_load_si512(t + c * kTileBytes);
   const __m512i x0 = _mm512_and_si512(w, _mm512_set1_epi8(0x03)), x1 = _mm512_and_si512(w, _mm512_set1_epi8(0x0C)),
                 x2 = _mm512_and_si512(w, _mm512_set1_epi8(0x30)),
@@ -427,21 +433,23 @@ BITCONV_AVX512 inline __attribute__((always_inline)) void tile_step(const uint8_
 // Runs [c0, c1) of one row block (tiles `t`) against MB activation rows: the exact sums of q * code per output row
 // (before the 2 * sum(q) correction), in 32-bit lanes; each accumulator folds into `out` every kTileMaxRuns runs.
 template <int MB>
-BITCONV_AVX512 void tile_sums(const uint8_t* t, const int8_t* const* q, int64_t c0, int64_t c1, __m512i* out) {
+BITCONV_AVX512 void tile_sums(const uint8_t* t, const int8_t* const* q, int64_t c0, int64_t c1, __m512i* out,
+                              const uint8_t* end) {
   for (int r = 0; r < MB; ++r) out[r] = _mm512_setzero_si512();
   for (int64_t s0 = c0; s0 < c1; s0 += kTileMaxRuns) {
     const int64_t s1 = s0 + kTileMaxRuns < c1 ? s0 + kTileMaxRuns : c1;
     __m512i acc[MB][4];
     for (int r = 0; r < MB; ++r)
       for (int s = 0; s < 4; ++s) acc[r][s] = _mm512_setzero_si512();
-    for (int64_t c = s0; c < s1; ++c) tile_step<MB>(t, q, c, acc);
+    for (int64_t c = s0; c < s1; ++c) tile_step<MB>(t, q, c, acc, end);
     for (int r = 0; r < MB; ++r) out[r] = _mm512_add_epi32(out[r], fold_fields(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
   }
 }
 
 // tile_sums for one activation row, two tiles a step into separate accumulators (eight VPDPBUSD chains, enough
 // to hide its latency), written out so the compiler keeps every accumulator in its register.
-BITCONV_AVX512 void tile_sums_1(const uint8_t* t, const int8_t* q, int64_t c0, int64_t c1, __m512i* out) {
+BITCONV_AVX512 void tile_sums_1(const uint8_t* t, const int8_t* q, int64_t c0, int64_t c1, __m512i* out,
+                                const uint8_t* end) {
   const __m512i m0 = _mm512_set1_epi8(0x03), m1 = _mm512_set1_epi8(0x0C), m2 = _mm512_set1_epi8(0x30),
                 m3 = _mm512_set1_epi8(static_cast<char>(0xC0));
   *out = _mm512_setzero_si512();
@@ -452,8 +460,8 @@ BITCONV_AVX512 void tile_sums_1(const uint8_t* t, const int8_t* q, int64_t c0, i
     const int8_t* x = q + s0 * kTileColumns;
     int64_t c = s0;
     for (; c + 2 <= s1; c += 2, w += 2 * kTileBytes, x += 2 * kTileColumns) {
-      _mm_prefetch(reinterpret_cast<const char*>(w) + kTilePrefetch, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w) + kTilePrefetch + kTileBytes, _MM_HINT_T0);
+      prefetch_ahead(w, end);
+      prefetch_ahead(w + kTileBytes, end);
       const __m512i w0 = _mm512_load_si512(w), w1 = _mm512_load_si512(w + kTileBytes);
       a0 = dpbusd_bcast(a0, _mm512_and_si512(w0, m0), x);
       a1 = dpbusd_bcast(a1, _mm512_and_si512(w0, m1), x + 4);
@@ -478,7 +486,7 @@ BITCONV_AVX512 void tile_sums_1(const uint8_t* t, const int8_t* q, int64_t c0, i
 
 // Output rows [n0, n0 + 16) (one tile row block; fewer at the end of N) for activation rows [m0, m0 + MB).
 template <int MB>
-BITCONV_AVX512 void tile_block(const GemmProblem& p, int64_t m0, int64_t n0) {
+BITCONV_AVX512 void tile_block(const GemmProblem& p, int64_t m0, int64_t n0, const uint8_t* end) {
   const int64_t runs = tile_runs(p.K);
   const uint8_t* t = p.tiles + (n0 / kTileRows) * runs * kTileBytes;
   const int64_t valid = p.N - n0 < kTileRows ? p.N - n0 : kTileRows;
@@ -491,9 +499,9 @@ BITCONV_AVX512 void tile_block(const GemmProblem& p, int64_t m0, int64_t n0) {
     const int64_t c1 = c0 + group_runs < runs ? c0 + group_runs : runs;
     __m512i isum[MB];
     if constexpr (MB == 1)
-      tile_sums_1(t, q[0], c0, c1, isum);
+      tile_sums_1(t, q[0], c0, c1, isum, end);
     else
-      tile_sums<MB>(t, q, c0, c1, isum);
+      tile_sums<MB>(t, q, c0, c1, isum, end);
     const __m512 s = scales16_masked(p, n0, g, valid);
     for (int r = 0; r < MB; ++r) {
       const __m512i exact = _mm512_sub_epi32(isum[r], _mm512_set1_epi32(2 * p.q_group_sum[(m0 + r) * p.n_groups + g]));
@@ -511,13 +519,19 @@ BITCONV_AVX512 void gemm_int8(const GemmProblem& p, int64_t n0, int64_t n1) {
     gemm_int8_reference(p, n0, n1);
     return;
   }
+  // this task's tiles, the first kTilePrefetch bytes asked for at once (prefetch_ahead takes over from there)
+  const int64_t block_bytes = tile_runs(p.K) * kTileBytes;
+  const uint8_t* begin = p.tiles + (n0 / kTileRows) * block_bytes;
+  const uint8_t* end = p.tiles + tile_blocks(n1) * block_bytes;
+  for (const uint8_t* at = begin; at < end && at < begin + kTilePrefetch; at += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T0);
   for (int64_t n = n0; n < n1; n += kTileRows) {
     int64_t m = 0;
-    for (; m + 4 <= p.M; m += 4) tile_block<4>(p, m, n);
+    for (; m + 4 <= p.M; m += 4) tile_block<4>(p, m, n, end);
     switch (p.M - m) {
-      case 3: tile_block<2>(p, m, n); tile_block<1>(p, m + 2, n); break;
-      case 2: tile_block<2>(p, m, n); break;
-      case 1: tile_block<1>(p, m, n); break;
+      case 3: tile_block<2>(p, m, n, end); tile_block<1>(p, m + 2, n, end); break;
+      case 2: tile_block<2>(p, m, n, end); break;
+      case 1: tile_block<1>(p, m, n, end); break;
       default: break;
     }
   }
