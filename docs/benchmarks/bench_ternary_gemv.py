@@ -9,8 +9,9 @@ decoding, and per-call overhead is shared out as in a model:
   W1.58A8), codes stored exactly as formats/SPEC.md stores them, run by ONNX Runtime with IO binding to
   preallocated outputs, threads = the session's intra-op pool.
 - ggml: one ggml graph of L `ggml_mul_mat` nodes with TQ2_0 weights and a float32 activation vector, computed by
-  `ggml_graph_compute_with_ctx` from the ggml shared libraries that llama-cpp-python ships (the code llama.cpp
-  runs: the activations are quantized to Q8_K inside each mul_mat, then ggml_vec_dot_tq2_0_q8_K per row).
+  the ggml CPU backend (`ggml_backend_cpu_init`, `ggml_backend_cpu_set_n_threads`, `ggml_backend_graph_compute`:
+  the calls llama.cpp makes, with its persistent work buffer) from the ggml shared libraries that llama-cpp-python
+  ships: the activations are quantized to Q8_K inside each mul_mat, then ggml_vec_dot_tq2_0_q8_K runs per row.
 
 The weights are the same: random trits t in {-1, 0, 1} with one float32 scale per tensor; bitconv gets the packed
 2-bit codes (code = t + 2, four a byte, least significant bits first), ggml gets t * scale quantized by its own
@@ -125,8 +126,10 @@ class Ggml:
         b.ggml_graph_overhead_custom.argtypes, b.ggml_graph_overhead_custom.restype = [sz, ctypes.c_bool], sz
         b.ggml_quantize_chunk.argtypes = [ctypes.c_int, vp, vp, i64, i64, i64, vp]
         b.ggml_quantize_chunk.restype = sz
-        c.ggml_graph_compute_with_ctx.argtypes, c.ggml_graph_compute_with_ctx.restype = [vp, vp, ctypes.c_int], \
-            ctypes.c_int
+        b.ggml_backend_graph_compute.argtypes, b.ggml_backend_graph_compute.restype = [vp, vp], ctypes.c_int
+        b.ggml_backend_free.argtypes, b.ggml_backend_free.restype = [vp], None
+        c.ggml_backend_cpu_init.restype = vp
+        c.ggml_backend_cpu_set_n_threads.argtypes, c.ggml_backend_cpu_set_n_threads.restype = [vp, ctypes.c_int], None
         c.ggml_cpu_init.restype = None
         c.ggml_cpu_init()
         self.features = [f for f in ("avx2", "avx512", "avx512_vnni", "fma", "llamafile")
@@ -139,11 +142,13 @@ class GgmlGemvs:
     def __init__(self, g: Ggml, weights, L: int, K: int, N: int, threads: int):
         self.g, self.threads, self.L = g, threads, L
         row = g.base.ggml_row_size(GGML_TYPE_TQ2_0, K)
-        mem = (self.L * (row * N + N * 4 + 2 * g.base.ggml_tensor_overhead()) + K * 4 + (4 << 20)
+        mem = (self.L * (row * N + N * 4 + 2 * g.base.ggml_tensor_overhead()) + K * 4 + (1 << 20)
                + g.base.ggml_graph_overhead_custom(2 * self.L + 8, False))
         self.ctx = g.base.ggml_init(GgmlInitParams(mem, None, False))
         if not self.ctx:
             raise RuntimeError("ggml_init failed")
+        self.backend = g.cpu.ggml_backend_cpu_init()
+        g.cpu.ggml_backend_cpu_set_n_threads(self.backend, threads)
         self.x = g.base.ggml_new_tensor_2d(self.ctx, GGML_TYPE_F32, K, 1)
         self.graph = g.base.ggml_new_graph_custom(self.ctx, 2 * self.L + 8, False)
         self.outputs = []
@@ -159,8 +164,8 @@ class GgmlGemvs:
         ctypes.memmove(self.g.base.ggml_get_data(self.x), np.ascontiguousarray(a, np.float32).ctypes.data, self.K * 4)
 
     def run(self) -> None:
-        if self.g.cpu.ggml_graph_compute_with_ctx(self.ctx, self.graph, self.threads) != 0:
-            raise RuntimeError("ggml_graph_compute_with_ctx failed")
+        if self.g.base.ggml_backend_graph_compute(self.backend, self.graph) != 0:
+            raise RuntimeError("ggml_backend_graph_compute failed")
 
     def output(self, l: int) -> np.ndarray:
         ptr = ctypes.cast(self.g.base.ggml_get_data(self.outputs[l]), ctypes.POINTER(ctypes.c_float))
@@ -168,6 +173,7 @@ class GgmlGemvs:
 
     def close(self) -> None:
         if self.ctx:
+            self.g.base.ggml_backend_free(self.backend)
             self.g.base.ggml_free(self.ctx)
             self.ctx = None
 
