@@ -432,24 +432,31 @@ def report(rows: list[Row], creation_ms_per_mb: float, g: Ggml, command: str, da
             sub = [r for r in rows if r.threads == threads and r.regime == regime]
             cols = [n for n in names if any(n in r.medians for r in sub)]
             ours = [n for n in cols if n != "ggml TQ2_0"]
+            first = next(n for n in cols if n in headline)
             lines += [f"## {regime}, {threads} thread{'s' if threads > 1 else ''}", "",
                       "| model | K x N | L | codes MB (all L) | " + " | ".join(f"{n} us" for n in cols) + " | " +
-                      " | ".join(f"TQ2_0 / {n}" for n in ours) + " |",
-                      "|---|---|---|---|" + "---|" * (len(cols) + len(ours))]
+                      " | ".join(f"TQ2_0 / {n}" for n in ours) + f" | GB/s {first} | GB/s TQ2_0 |",
+                      "|---|---|---|---|" + "---|" * (len(cols) + len(ours) + 2)]
             for r in sub:
                 base = r.medians["ggml TQ2_0"]
+                per_gemv = r.codes_bytes / r.L  # bytes of codes one GEMV reads; TQ2_0 adds an fp16 scale per 256
                 lines.append(f"| {r.model} | {r.K} x {r.N} | {r.L} | {r.codes_bytes / 1e6:.1f} | " +
                              " | ".join(f"{r.medians[n] * 1e6:.1f}" for n in cols) + " | " +
                              " | ".join(f"**{base / r.medians[n]:.2f}x**" if n in headline else
-                                        f"{base / r.medians[n]:.2f}x" for n in ours) + " |")
+                                        f"{base / r.medians[n]:.2f}x" for n in ours) +
+                             f" | {per_gemv / r.medians[first] / 1e9:.1f} | {per_gemv * 66 / 64 / base / 1e9:.1f} |")
             # per model: the sum over its shapes weighted by L (one token's block matrices)
             for model in sorted({r.model for r in sub}):
                 mr = [r for r in sub if r.model == model]
                 tot = {n: sum(r.medians[n] * r.L for r in mr) for n in cols}
-                lines.append(f"| {model}: one token's block matrices | all | {sum(r.L for r in mr)} | "
-                             f"{sum(r.codes_bytes for r in mr) / 1e6:.1f} | " +
+                total_bytes = sum(r.codes_bytes for r in mr)
+                lines.append(f"| **{model}: one token's block matrices** | all | {sum(r.L for r in mr)} | "
+                             f"{total_bytes / 1e6:.1f} | " +
                              " | ".join(f"{tot[n] * 1e6:.0f}" for n in cols) + " | " +
-                             " | ".join(f"{tot['ggml TQ2_0'] / tot[n]:.2f}x" for n in ours) + " |")
+                             " | ".join(f"**{tot['ggml TQ2_0'] / tot[n]:.2f}x**" if n in headline else
+                                        f"{tot['ggml TQ2_0'] / tot[n]:.2f}x" for n in ours) +
+                             f" | {total_bytes / tot[first] / 1e9:.1f} | "
+                             f"{total_bytes * 66 / 64 / tot['ggml TQ2_0'] / 1e9:.1f} |")
             lines.append("")
     lines += ["Max relative error against the reference, over the shapes: " +
               ", ".join(f"{n} {max(r.errors[n] for r in rows if n in r.errors):.1e}" for n in names), ""]
