@@ -23,8 +23,8 @@ within the same run):
 - cold: before every timed graph run the caches are flushed (a write pass over a buffer 4x the last-level cache),
   so every weight comes from memory -- the decode regime of a model larger than the cache (the 0.68B model, and
   GPT-2 small once its float16 lm_head has passed through);
-- warm: after one untimed run, `--calls` runs back to back: the weights come from wherever the L weights fit (L2, L3
-  or memory, by the size column), which shows the kernels' compute speed where they fit.
+- warm: after a 30 ms pause (the previous contender's idle threads stop busy-waiting) and one untimed run, `--calls`
+  runs back to back: the weights come from wherever the L weights fit (L2, L3 or memory, by the size column).
 The report carries the command, machine, date and load average.
 
     python docs/benchmarks/bench_ternary_gemv.py --out docs/benchmarks/ternary_gemv.md
@@ -281,6 +281,9 @@ def contenders_for(threads: int, with_avx2: bool, baseline: Path | None):
     return out
 
 
+SETTLE_SECONDS = 0.03
+
+
 class CacheFlush:
     """A write pass over a buffer 4x the last-level cache: afterwards no weight is left in any cache."""
 
@@ -304,6 +307,9 @@ def median_seconds(runners: dict, rounds: int, calls: int, L: int, regime: str, 
     for _ in range(rounds):
         for name, r in runners.items():
             if regime == "warm":
+                # let the previous contender's idle pool threads stop spinning (OpenMP's and ONNX Runtime's workers
+                # busy-wait for a while after their work; on 2 CPUs they would take a core from this contender)
+                time.sleep(SETTLE_SECONDS)
                 r.run()
                 t = time.perf_counter()
                 for _ in range(calls):
