@@ -1,7 +1,7 @@
 """The TernaryMatMul custom op loaded into the real onnxruntime, checked against the Python reference.
 
-Reference: bitconv.schemes quantize -> encode -> decode -> dequantize, then a numpy matmul (with the int8 activation
-fake-quant of bitconv.schemes for act_quant=1). The library must be built first:
+Reference: bitconv.quantize.schemes quantize -> encode -> decode -> dequantize, then a numpy matmul (with the int8 activation
+fake-quant of bitconv.quantize.schemes for act_quant=1). The library must be built first:
 `python setup.py build_ext --inplace`.
 """
 
@@ -222,6 +222,142 @@ def test_random_shapes_fuzz():
                        codes_input=bool(rng.integers(2)), threads=int(rng.integers(1, 3)))
             except AssertionError as e:
                 raise AssertionError(f"fuzz case {case}: K={K} N={N} lead={lead} {gran}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# int8 activations (act_quant=1): the exact rounding (formats/ort_op/kernels.h), bit for bit on every kernel set
+
+
+def _trits_from_codes(codes: np.ndarray, K: int) -> np.ndarray:
+    """2-bit codes [N, ceil(K/4)] -> t = code - 2, [N, K] (formats/SPEC.md)."""
+    fields = np.stack([(codes >> (2 * i)) & 3 for i in range(4)], axis=-1).reshape(codes.shape[0], -1)
+    return fields[:, :K].astype(np.int64) - 2
+
+
+def _int8_exact(a: np.ndarray, codes: np.ndarray, scale: np.ndarray, K: int, group_size: int, outliers=None,
+                bias=None) -> np.ndarray:
+    """The op's int8 mode, rounding step by step in float32 as kernels.h defines it:
+    s = 127 / max(max|a|, 1e-5), q = clamp(rint(a * s)) (NaN: -128); isum_g exact; y = 0, y = y + scale_g * float(isum_g) in
+    group order (product and sum each rounded); Y = y / s; then each outlier (in index order) y += (q / s) * val;
+    then bias."""
+    a = a.reshape(-1, K).astype(np.float32)
+    f32 = np.float32
+    with np.errstate(invalid="ignore"):
+        s = f32(127) / np.maximum(np.nanmax(np.abs(a), axis=1), f32(1e-5))  # a NaN is left out of the max
+        q = np.clip(np.rint(a * s[:, None]), -128, 127)
+    q = np.where(np.isnan(q), -128, q).astype(np.int64)  # and quantizes to -128
+    t = _trits_from_codes(codes, K)
+    N = t.shape[0]
+    g = group_size if group_size else K
+    n_groups = -(-K // g)
+    if scale.size == 1:
+        sc = np.full((N, n_groups), scale.reshape(-1)[0], np.float32)
+    elif scale.ndim == 1:
+        sc = np.repeat(scale.astype(np.float32)[:, None], n_groups, axis=1)
+    else:
+        sc = scale.astype(np.float32)
+    y = np.zeros((a.shape[0], N), np.float32)
+    for gi in range(n_groups):
+        isum = q[:, gi * g:(gi + 1) * g] @ t[:, gi * g:(gi + 1) * g].T
+        y = y + sc[:, gi][None, :] * isum.astype(np.float32)
+    y = y / s[:, None]
+    if outliers is not None:
+        idx, val = outliers
+        for i, v in zip(idx.tolist(), val.astype(np.float32).tolist()):
+            n, k = divmod(i, K)
+            y[:, n] = y[:, n] + (q[:, k].astype(np.float32) / s) * f32(v)
+    if bias is not None:
+        y = y + bias.astype(np.float32)
+    return y
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group:16", "group:64", "group:48", "group:24"])
+@pytest.mark.parametrize("M, N, K", [(1, 48, 256), (3, 37, 200), (5, 16, 1100), (2, 33, 37)])
+def test_int8_matches_the_exact_rounding_bit_for_bit(isa, granularity, M, N, K):
+    # N off a multiple of 16 leaves a partial row block of the tile layout; K off a multiple of 16 a partial run;
+    # group:24 is not a whole number of 16-column runs, so the SIMD sets fall back to the reference loop there
+    rng = np.random.default_rng(M * 1000 + N + K)
+    inits, _, group_size = _weight(rng, N, K, granularity=granularity, act_quant=True, bias=True)
+    a = (rng.standard_normal((M, K)) * rng.uniform(0.1, 10, size=(M, 1))).astype(np.float32)
+    y = _run(bort.ternary_matmul_model(K, N, inits, group_size=group_size, act_quant=True), a)
+    expected = _int8_exact(a, inits["qcodes"], inits["qscale"], K, group_size, bias=inits["bias"])
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_int8_outliers_match_the_exact_rounding(isa):
+    rng = np.random.default_rng(80)
+    K, N = 160, 40
+    inits, _, _ = _weight(rng, N, K, granularity="channel", outliers=0.02, act_quant=True, bias=True)
+    a = rng.standard_normal((3, K)).astype(np.float32)
+    y = _run(bort.ternary_matmul_model(K, N, inits, act_quant=True), a)
+    expected = _int8_exact(a, inits["qcodes"], inits["qscale"], K, 0,
+                           outliers=(inits["outlier_idx"], inits["outlier_val"]), bias=inits["bias"])
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_int8_long_rows_fold_their_accumulators(isa):
+    # the AVX-512 tile kernel folds its 32-bit accumulators every 4096 runs (65536 columns); K = 70000 crosses that
+    rng = np.random.default_rng(81)
+    K, N = 70000, 20
+    codes = rng.integers(1, 4, size=(N, K)).astype(np.uint8)  # every column +-1 or 0
+    packed = np.zeros((N, (K + 3) // 4), np.uint8)
+    for i in range(4):
+        part = codes[:, i::4]
+        packed[:, :part.shape[1]] |= (part << (2 * i)).astype(np.uint8)
+    inits = {"qcodes": packed, "qscale": np.array([0.03], np.float32)}
+    a = np.full((2, K), 0.7, np.float32)
+    a[1] = -1.0  # |q| = 127 everywhere: the largest sums the activations allow
+    y = _run(bort.ternary_matmul_model(K, N, inits, act_quant=True), a)
+    np.testing.assert_array_equal(y, _int8_exact(a, packed, inits["qscale"], K, 0))
+
+
+def _int8_outputs_by_isa(model: bytes, a: np.ndarray, extra: dict | None = None, threads: int = 1) -> dict:
+    out = {}
+    for name in ISAS:
+        if _NEEDS.get(name, set()) - _FLAGS:
+            continue
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("BITCONV_ORT_ISA", name)
+            out[name] = _run(model, a, threads=threads, extra=extra)
+    return out
+
+
+@pytest.mark.parametrize("packing", ["2bit", "base3"])
+@pytest.mark.parametrize("codes_input", [False, True])
+def test_int8_kernel_sets_agree_bit_for_bit(packing, codes_input):
+    rng = np.random.default_rng(82)
+    for K, N, gran, M in [(300, 70, "group:32", 4), (96, 33, "channel", 1), (53, 35, "group:16", 3),
+                          (130, 64, "group:10", 2), (1536, 96, "tensor", 1)]:
+        inits, _, group_size = _weight(rng, N, K, granularity=gran, packing=packing, outliers=0.01, bias=True,
+                                       act_quant=True)
+        model = bort.ternary_matmul_model(K, N, inits, group_size=group_size, act_quant=True, packing=packing)
+        extra = None
+        if codes_input:
+            model, extra = _codes_as_graph_input(model), {"codes": inits["qcodes"]}
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        outs = _int8_outputs_by_isa(model, a, extra, threads=2)
+        first = next(iter(outs.values()))
+        for name, y in outs.items():
+            np.testing.assert_array_equal(y, first, err_msg=f"{name} K={K} N={N} {gran} {packing}")
+
+
+def test_int8_nan_inf_and_zero_rows_agree_across_kernel_sets():
+    # a NaN is left out of the row's absmax and quantizes to -128; an infinity makes s = 0 (its row all NaN or
+    # -128); an all-zero row uses the 1e-5 floor
+    rng = np.random.default_rng(83)
+    K, N = 100, 40
+    inits, _, _ = _weight(rng, N, K, act_quant=True)
+    a = rng.standard_normal((4, K)).astype(np.float32)
+    a[0, [3, 50]] = np.nan
+    a[1, 7] = np.inf
+    a[2] = 0.0
+    a[3, 99] = -np.inf
+    outs = _int8_outputs_by_isa(bort.ternary_matmul_model(K, N, inits, act_quant=True), a)
+    first = next(iter(outs.values()))
+    for name, y in outs.items():
+        np.testing.assert_array_equal(y, first, err_msg=name)
+    expected = _int8_exact(a[[0, 2]], inits["qcodes"], inits["qscale"], K, 0)
+    np.testing.assert_array_equal(first[[0, 2]], expected)
 
 
 # ---------------------------------------------------------------------------------------------------------------
