@@ -18,6 +18,7 @@ from bitconv.errors import ExportError
 OP_DOMAIN = "bitconv"
 OP_TYPE = "TernaryMatMul"
 HALF_OP_TYPE = "HalfMatMul"
+INT8_OP_TYPE = "Int8MatMul"
 OP_DOMAIN_VERSION = 1
 PACKING_CODES = {"2bit": 0, "base3": 1}  # the op's `packing` attribute
 _LIBRARY_BASENAME = "_ternary_ops"
