@@ -232,6 +232,30 @@ def test_int8_activations_base3_groups_and_outliers(tiny_gpt2, tmp_path):
         export_onnx(folder, tmp_path / "nbits.onnx", target="matmulnbits")
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "group:64"])
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_int8_embeddings_and_tied_head(request, tmp_path, name, granularity):
+    # --embeddings int8: the table is gathered as int8 and the tied lm_head is bitconv.Int8MatMul over the same
+    # initializer (stored once, per-row or per-group scales); no float copy of the table anywhere
+    import onnx
+
+    folder = _convert(request.getfixturevalue(f"tiny_{name}"), tmp_path / "q", embeddings="int8",
+                      granularity=granularity)
+    path = export_onnx(folder, tmp_path / "op.onnx").path
+    graph = onnx.load(str(path)).graph
+    types = [n.op_type for n in graph.node]
+    assert types.count("Int8MatMul") == 1 and "HalfMatMul" not in types
+    head = next(n for n in graph.node if n.op_type == "Int8MatMul")
+    table = next(t for t in graph.initializer if t.name == head.input[1])
+    assert table.data_type == onnx.TensorProto.INT8 and table.name.endswith(".qcodes")
+    assert [n.op_type for n in graph.node if table.name in n.input] == ["Gather", "Int8MatMul"]
+    assert not [t.name for t in graph.initializer if sorted(t.dims) == sorted(table.dims) and t.name != table.name]
+    ids = _ids()
+    decoder = OnnxDecoder(path, threads=1)
+    np.testing.assert_allclose(decoder.step(ids, decoder.empty_cache())[0], _reference(folder, ids), atol=ATOL,
+                               rtol=0)
+
+
 def test_matmulnbits_group_and_padding(tiny_llama, tmp_path):
     # llama's intermediate size 96 is no multiple of 64: block 32; group:48 -> block 16 (largest power of two in 48)
     folder = _convert(tiny_llama, tmp_path / "l", granularity="group:48", packing="base3")
