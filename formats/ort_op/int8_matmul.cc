@@ -1,19 +1,25 @@
 // The bitconv.Int8MatMul custom op: Y = A @ W^T (+ bias) with W stored as int8 codes [N, K] and float32 scales,
 // one per output row ([N]) or per row and group of `group_size` input columns ([N, ceil(K / group_size)]).
 //
-// Why: the lm_head is the largest single matrix of a small decoder (GPT-2 small: 50257 x 768, SmolLM2's Llama
-// shape: 49152 x 576) and is read in full for every decoded token; a converted model keeps it (tied to the
-// embeddings) in float16 unless `--embeddings int8` stores it as int8, half the bytes. The activations stay
-// float32 (W8A32): sixteen codes at a time are widened to floats in registers and multiplied with FMA, and each
-// group's sum is scaled once,
-//     Y[m, n] = sum over groups g of scale[n, g] * sum_{k in g} A[m, k] * code[n, k]  (+ bias[n]),
-// which is the product with the dequantized weight up to the rounding of scale * code and the summation order.
+// Why: the lm_head is the largest single matrix of a small decoder (GPT-2 small: 50257 x 768, the 0.68B Llama
+// shape: 49152 x 1536) and is read in full for every decoded token; a converted model keeps it (tied to the
+// embeddings) in float16 unless `--embeddings int8` stores it as int8, half the bytes.
+//
+// Arithmetic (W8A16): each activation row is rounded to int16 with its own scale, s_m = 32767 / max|A[m, :]|,
+// and multiplied with the int8 codes in exact int32 sums (VPDPWSSD on AVX-512, VPMADDWD on AVX2: 32 or 16
+// products per instruction, where widening codes to floats took three instructions for 16), so that the GEMV
+// reads memory as fast as it streams instead of waiting on conversions:
+//     Y[m, n] = (1 / s_m) * sum over groups g of scale[n, g] * sum_{k in g} q[m, k] * code[n, k]  (+ bias[n]).
+// The rounding moves each activation by at most max|A[m, :]| / 65534, so |Y - A @ dequantized(W)^T| is at most
+// that times sum_k |scale * code| of the row: about 1e-5 of the row's scale, far below the int8 weight rounding.
+// Integer sums are flushed to float every kRun columns, so no int32 lane can overflow whatever K is.
 //
 // Inputs: A float32 [..., K] (at least one row), W int8 [N, K], scale float32 [N] (group_size 0) or
 // [N, ceil(K / group_size)], bias float32 [N] (optional). Attribute: group_size (int, default 0: one scale per
-// row). Output: Y float32 [..., N]. The SIMD path (AVX-512, AVX2, scalar) follows the library's kernel choice
-// for this CPU, including the BITCONV_ORT_ISA override (op_support.h).
+// row). Output: Y float32 [..., N]. The SIMD path (AVX-512 with VNNI, AVX2, scalar) follows the library's kernel
+// choice for this CPU, including the BITCONV_ORT_ISA override (op_support.h).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -31,92 +37,115 @@ namespace bitconv {
 namespace {
 
 constexpr int64_t kColumnsPerTask = 256;  // output columns (rows of W) one thread-pool task computes
+// Columns summed in int32 before a flush to float: a SIMD lane adds at most kRun / 16 pairs of products (AVX2:
+// 8 lanes), each pair at most 2 * 32767 * 128 < 2^23 in size, so 1024 columns stay below 2^30.
+constexpr int64_t kRun = 1024;
+constexpr float kInt16Max = 32767.f;
 constexpr const char* kInputNames[] = {"A", "W", "scale", "bias"};
 
 struct Int8Problem {
   int64_t M = 0, N = 0, K = 0;
   int64_t group = 0;     // input columns per scale: K when there is one scale per row
   int64_t n_groups = 1;  // scales per row
-  const float* a = nullptr;      // [M, K]
-  const int8_t* w = nullptr;     // [N, K]
-  const float* scale = nullptr;  // [N, n_groups]
-  const float* bias = nullptr;   // [N] or null
-  float* y = nullptr;            // [M, N]
+  const int16_t* q = nullptr;        // [M, K]: the activations rounded to int16
+  const float* q_inverse = nullptr;  // [M]: 1 / s_m
+  const int8_t* w = nullptr;         // [N, K]
+  const float* scale = nullptr;      // [N, n_groups]
+  const float* bias = nullptr;       // [N] or null
+  float* y = nullptr;                // [M, N]
 };
 
 // Columns [n0, n1) of Y for every row.
 using Int8GemmFn = void (*)(const Int8Problem& p, int64_t n0, int64_t n1);
 
-inline float finish(const Int8Problem& p, int64_t n, float y) { return p.bias ? y + p.bias[n] : y; }
+// Rounds row m of A to int16 (q) with s_m = 32767 / max|A[m, :]| and records 1 / s_m (0 for an all-zero row).
+void quantize_rows(const float* a, int64_t M, int64_t K, int16_t* q, float* q_inverse) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = a + m * K;
+    float amax = 0.f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
+    const float s = amax > 0.f ? kInt16Max / amax : 0.f;
+    for (int64_t k = 0; k < K; ++k)
+      q[m * K + k] = static_cast<int16_t>(std::max(-kInt16Max, std::min(kInt16Max, std::nearbyint(row[k] * s))));
+    q_inverse[m] = amax > 0.f ? amax / kInt16Max : 0.f;
+  }
+}
+
+inline float finish(const Int8Problem& p, int64_t m, int64_t n, float sum) {
+  const float y = sum * p.q_inverse[m];
+  return p.bias ? y + p.bias[n] : y;
+}
 
 void gemm_scalar(const Int8Problem& p, int64_t n0, int64_t n1) {
   for (int64_t m = 0; m < p.M; ++m) {
-    const float* a = p.a + m * p.K;
+    const int16_t* q = p.q + m * p.K;
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* w = p.w + n * p.K;
       float y = 0.f;
       for (int64_t g = 0; g < p.n_groups; ++g) {
-        const int64_t k1 = std::min(p.K, (g + 1) * p.group);
+        const int64_t g1 = std::min(p.K, (g + 1) * p.group);
         float sum = 0.f;
-        for (int64_t k = g * p.group; k < k1; ++k) sum += a[k] * static_cast<float>(w[k]);
+        for (int64_t r = g * p.group; r < g1; r += kRun) {
+          int64_t run = 0;  // one accumulator for the whole run: 64 bits
+          for (int64_t k = r; k < std::min(g1, r + kRun); ++k) run += static_cast<int32_t>(q[k]) * w[k];
+          sum += static_cast<float>(run);
+        }
         y += p.scale[n * p.n_groups + g] * sum;
       }
-      p.y[m * p.N + n] = finish(p, n, y);
+      p.y[m * p.N + n] = finish(p, m, n, y);
     }
   }
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 #define BITCONV_I8_AVX2 __attribute__((target("avx2,fma")))
-#define BITCONV_I8_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define BITCONV_I8_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
 
-// MB activation rows share each widened vector of codes; U independent accumulators per row keep the FMA
-// latency hidden when MB is 1 (a GEMV).
+// MB activation rows share each widened vector of codes; U independent accumulators per row keep the latency of
+// the multiply-add hidden when MB is 1 (a GEMV). A run's leftover columns (fewer than 16) are summed in scalars.
 template <int MB, int U>
 BITCONV_I8_AVX2 void rows_avx2(const Int8Problem& p, int64_t m0, int64_t n0, int64_t n1) {
-  const float* a[MB];
-  for (int r = 0; r < MB; ++r) a[r] = p.a + (m0 + r) * p.K;
+  const int16_t* q[MB];
+  for (int r = 0; r < MB; ++r) q[r] = p.q + (m0 + r) * p.K;
   for (int64_t n = n0; n < n1; ++n) {
     const int8_t* w = p.w + n * p.K;
-    const float* scale = p.scale + n * p.n_groups;
     __m256 total[MB];
-    float tail[MB];
-    for (int r = 0; r < MB; ++r) {
-      total[r] = _mm256_setzero_ps();
-      tail[r] = 0.f;
-    }
+    for (int r = 0; r < MB; ++r) total[r] = _mm256_setzero_ps();
     for (int64_t g = 0; g < p.n_groups; ++g) {
-      const int64_t k1 = std::min(p.K, (g + 1) * p.group);
-      int64_t k = g * p.group;
-      __m256 acc[MB][U];
-      for (int r = 0; r < MB; ++r)
-        for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_ps();
-      for (; k + 8 * U <= k1; k += 8 * U)
-        for (int u = 0; u < U; ++u) {
-          const __m128i codes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + k + 8 * u));
-          const __m256 wf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes));
-          for (int r = 0; r < MB; ++r) acc[r][u] = _mm256_fmadd_ps(_mm256_loadu_ps(a[r] + k + 8 * u), wf, acc[r][u]);
+      const int64_t g1 = std::min(p.K, (g + 1) * p.group);
+      __m256 sum[MB];
+      for (int r = 0; r < MB; ++r) sum[r] = _mm256_setzero_ps();
+      for (int64_t k = g * p.group; k < g1;) {
+        const int64_t k1 = std::min(g1, k + kRun);
+        __m256i acc[MB][U];
+        int32_t rest[MB] = {};
+        for (int r = 0; r < MB; ++r)
+          for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_si256();
+        for (; k + 16 * U <= k1; k += 16 * U)
+          for (int u = 0; u < U; ++u) {
+            const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k + 16 * u));
+            const __m256i wv = _mm256_cvtepi8_epi16(codes);
+            for (int r = 0; r < MB; ++r) {
+              const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[r] + k + 16 * u));
+              acc[r][u] = _mm256_add_epi32(acc[r][u], _mm256_madd_epi16(qv, wv));
+            }
+          }
+        for (; k < k1; ++k)
+          for (int r = 0; r < MB; ++r) rest[r] += static_cast<int32_t>(q[r][k]) * w[k];
+        for (int r = 0; r < MB; ++r) {
+          __m256i run = acc[r][0];
+          for (int u = 1; u < U; ++u) run = _mm256_add_epi32(run, acc[r][u]);
+          run = _mm256_add_epi32(run, _mm256_setr_epi32(rest[r], 0, 0, 0, 0, 0, 0, 0));
+          sum[r] = _mm256_add_ps(sum[r], _mm256_cvtepi32_ps(run));
         }
-      for (; k + 8 <= k1; k += 8) {
-        const __m128i codes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + k));
-        const __m256 wf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes));
-        for (int r = 0; r < MB; ++r) acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a[r] + k), wf, acc[r][0]);
       }
-      const __m256 s = _mm256_set1_ps(scale[g]);
-      for (int r = 0; r < MB; ++r) {
-        __m256 sum = acc[r][0];
-        for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[r][u]);
-        total[r] = _mm256_fmadd_ps(sum, s, total[r]);
-        float rest = 0.f;
-        for (int64_t kk = k; kk < k1; ++kk) rest += a[r][kk] * static_cast<float>(w[kk]);
-        tail[r] += scale[g] * rest;
-      }
+      const __m256 s = _mm256_set1_ps(p.scale[n * p.n_groups + g]);
+      for (int r = 0; r < MB; ++r) total[r] = _mm256_fmadd_ps(sum[r], s, total[r]);
     }
     for (int r = 0; r < MB; ++r) {
       const __m128 h = _mm_add_ps(_mm256_castps256_ps128(total[r]), _mm256_extractf128_ps(total[r], 1));
       const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      const float y = _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1))) + tail[r];
-      p.y[(m0 + r) * p.N + n] = finish(p, n, y);
+      p.y[(m0 + r) * p.N + n] = finish(p, m0 + r, n, _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1))));
     }
   }
 }
@@ -127,49 +156,55 @@ BITCONV_I8_AVX2 void gemm_avx2(const Int8Problem& p, int64_t n0, int64_t n1) {
   for (; m < p.M; ++m) rows_avx2<1, 4>(p, m, n0, n1);
 }
 
-// As rows_avx2 with 16 lanes; a group's last partial vector is read with masked loads.
+// As rows_avx2 with 32 columns per VPDPWSSD; a run's last partial vector is read with masked loads.
 template <int MB, int U>
 BITCONV_I8_AVX512 void rows_avx512(const Int8Problem& p, int64_t m0, int64_t n0, int64_t n1) {
-  const float* a[MB];
-  for (int r = 0; r < MB; ++r) a[r] = p.a + (m0 + r) * p.K;
+  const int16_t* q[MB];
+  for (int r = 0; r < MB; ++r) q[r] = p.q + (m0 + r) * p.K;
   for (int64_t n = n0; n < n1; ++n) {
     const int8_t* w = p.w + n * p.K;
-    const float* scale = p.scale + n * p.n_groups;
     __m512 total[MB];
     for (int r = 0; r < MB; ++r) total[r] = _mm512_setzero_ps();
     for (int64_t g = 0; g < p.n_groups; ++g) {
-      const int64_t k1 = std::min(p.K, (g + 1) * p.group);
-      int64_t k = g * p.group;
-      __m512 acc[MB][U];
-      for (int r = 0; r < MB; ++r)
-        for (int u = 0; u < U; ++u) acc[r][u] = _mm512_setzero_ps();
-      for (; k + 16 * U <= k1; k += 16 * U)
-        for (int u = 0; u < U; ++u) {
-          const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k + 16 * u));
-          const __m512 wf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes));
-          for (int r = 0; r < MB; ++r) acc[r][u] = _mm512_fmadd_ps(_mm512_loadu_ps(a[r] + k + 16 * u), wf, acc[r][u]);
+      const int64_t g1 = std::min(p.K, (g + 1) * p.group);
+      __m512 sum[MB];
+      for (int r = 0; r < MB; ++r) sum[r] = _mm512_setzero_ps();
+      for (int64_t k = g * p.group; k < g1;) {
+        const int64_t k1 = std::min(g1, k + kRun);
+        __m512i acc[MB][U];
+        for (int r = 0; r < MB; ++r)
+          for (int u = 0; u < U; ++u) acc[r][u] = _mm512_setzero_si512();
+        for (; k + 32 * U <= k1; k += 32 * U)
+          for (int u = 0; u < U; ++u) {
+            const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k + 32 * u));
+            const __m512i wv = _mm512_cvtepi8_epi16(codes);
+            for (int r = 0; r < MB; ++r)
+              acc[r][u] = _mm512_dpwssd_epi32(acc[r][u], _mm512_loadu_si512(q[r] + k + 32 * u), wv);
+          }
+        for (; k < k1; k += 32) {
+          const __mmask32 mask = k + 32 <= k1 ? ~static_cast<__mmask32>(0)
+                                              : static_cast<__mmask32>((1ull << (k1 - k)) - 1);
+          const __m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, w + k));
+          for (int r = 0; r < MB; ++r)
+            acc[r][0] = _mm512_dpwssd_epi32(acc[r][0], _mm512_maskz_loadu_epi16(mask, q[r] + k), wv);
         }
-      for (; k < k1; k += 16) {
-        const __mmask16 mask = k + 16 <= k1 ? static_cast<__mmask16>(0xffff)
-                                            : static_cast<__mmask16>((1u << (k1 - k)) - 1);
-        const __m512 wf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, w + k)));
-        for (int r = 0; r < MB; ++r) acc[r][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a[r] + k), wf, acc[r][0]);
+        for (int r = 0; r < MB; ++r) {
+          __m512i run = acc[r][0];
+          for (int u = 1; u < U; ++u) run = _mm512_add_epi32(run, acc[r][u]);
+          sum[r] = _mm512_add_ps(sum[r], _mm512_cvtepi32_ps(run));
+        }
       }
-      const __m512 s = _mm512_set1_ps(scale[g]);
-      for (int r = 0; r < MB; ++r) {
-        __m512 sum = acc[r][0];
-        for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[r][u]);
-        total[r] = _mm512_fmadd_ps(sum, s, total[r]);
-      }
+      const __m512 s = _mm512_set1_ps(p.scale[n * p.n_groups + g]);
+      for (int r = 0; r < MB; ++r) total[r] = _mm512_fmadd_ps(sum[r], s, total[r]);
     }
-    for (int r = 0; r < MB; ++r) p.y[(m0 + r) * p.N + n] = finish(p, n, _mm512_reduce_add_ps(total[r]));
+    for (int r = 0; r < MB; ++r) p.y[(m0 + r) * p.N + n] = finish(p, m0 + r, n, _mm512_reduce_add_ps(total[r]));
   }
 }
 
 BITCONV_I8_AVX512 void gemm_avx512(const Int8Problem& p, int64_t n0, int64_t n1) {
   int64_t m = 0;
   for (; m + 4 <= p.M; m += 4) rows_avx512<4, 1>(p, m, n0, n1);
-  for (; m < p.M; ++m) rows_avx512<1, 4>(p, m, n0, n1);
+  for (; m < p.M; ++m) rows_avx512<1, 2>(p, m, n0, n1);
 }
 #endif
 
@@ -234,7 +269,11 @@ OrtStatus* Int8MatMulKernel::compute(OrtKernelContext* ctx) {
 
   float* y = nullptr;
   if (OrtStatus* st = product_output(api, ctx, A, N, &y)) return st;
-  p.a = static_cast<const float*>(A.data);
+  std::vector<int16_t> q(static_cast<size_t>(p.M * K));
+  std::vector<float> q_inverse(static_cast<size_t>(p.M));
+  quantize_rows(static_cast<const float*>(A.data), p.M, K, q.data(), q_inverse.data());
+  p.q = q.data();
+  p.q_inverse = q_inverse.data();
   p.w = static_cast<const int8_t*>(W.data);
   p.scale = static_cast<const float*>(S.data);
   p.y = y;
