@@ -362,3 +362,25 @@ def test_real_minilm(minilm_dir, tmp_path):
     with torch.no_grad():
         ref = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
     np.testing.assert_allclose(got, ref, atol=ATOL * 10, rtol=0)
+
+
+@pytest.mark.slow
+def test_real_smollm2_decode_graph(smollm2_gguf, tmp_path):
+    # a real Llama configuration (30 blocks, GQA 9/3, rotary base 100000, tied int8 embeddings): the built graph
+    # against load() on every position, and greedy tokens through the in-place cache against the full sequence
+    from transformers import AutoModelForCausalLM
+
+    folder = bitconv.convert(smollm2_gguf, tmp_path / "smol", QuantConfig.for_bits(embeddings="int8"),
+                             progress=False).out
+    path = export_onnx(folder, tmp_path / "smol.onnx").path
+    assert _node_types(path).count("GroupQueryAttention") == 30
+    ids = np.array([[1, 504, 3458, 314, 253, 1345, 28, 339, 5720, 2115, 30, 378]])
+    with torch.no_grad():
+        ref = bitconv.load(folder, model_class=AutoModelForCausalLM)(torch.from_numpy(ids)).logits.numpy()
+    decoder = OnnxDecoder(path, threads=1)
+    got = decoder.step(ids, decoder.empty_cache())[0]
+    # the int8 lm_head rounds its input to int16 per row (formats/ort_op/README.md): 1e-3 of the logits' spread
+    assert np.abs(got - ref).max() < 1e-3 * ref.std()
+    out = decoder.greedy(list(ids[0, :6]), 6)
+    check = decoder.step(np.array([out[:-1]]), decoder.empty_cache())[0]
+    assert out[6:] == [int(t) for t in check[0, 5:].argmax(-1)]
