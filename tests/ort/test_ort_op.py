@@ -644,3 +644,80 @@ def test_half_matmul_errors():
     _expect_error(r"input parameter \(W\) of operator \(HalfMatMul\)",
                   bort.half_matmul_model(w16.astype(np.float32)), np.zeros((2, 32), np.float32))
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Int8MatMul: int8 weights with per-row or per-group scales (the int8 lm_head), float activations
+
+
+def _int8_weight(rng, n, k, group_size=0):
+    codes = rng.integers(-127, 128, size=(n, k), dtype=np.int8)
+    codes.flat[:2] = [-127, 127]
+    n_groups = -(-k // group_size) if group_size else 1
+    scale = (rng.random((n, n_groups)) * 0.02 + 1e-3).astype(np.float32)
+    full = np.repeat(scale, group_size, axis=1)[:, :k] if group_size else scale
+    return codes, scale if group_size else scale[:, 0], codes.astype(np.float64) * full
+
+
+@pytest.mark.parametrize("shape, n, group_size, bias", [
+    ((1, 768), 300, 0, False),  # a GEMV, K a multiple of 16
+    ((1, 100), 37, 0, True),  # K with a tail of 4
+    ((5, 70), 513, 32, False),  # groups with a partial last group, rows in blocks of 4 and one left over
+    ((2, 3, 96), 40, 48, True),  # batch dimensions, groups of 48 (not a multiple of 16)
+    ((4, 20), 9, 7, False),  # groups narrower than a vector
+])
+def test_int8_matmul_matches_dequantized_product(isa, shape, n, group_size, bias):
+    rng = np.random.default_rng(sum(shape) + n + group_size)
+    codes, scale, w = _int8_weight(rng, n, shape[-1], group_size)
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    a = rng.standard_normal(shape).astype(np.float32)
+    model = bort.int8_matmul_model(codes, scale, group_size=group_size, bias=b,
+                                   a_shape=[f"d{i}" for i in range(len(shape) - 1)] + [shape[-1]])
+    y = _run(model, a)
+    ref = a.astype(np.float64) @ w.T + (b if bias else 0)
+    assert y.shape == shape[:-1] + (n,) and y.dtype == np.float32
+    # the activations are rounded to int16 per row: each moves by at most max|row| / 65534; the integer sums are
+    # exact, the float32 steps (scales, group sums) add rounding of their own
+    rounding = np.abs(a).max(-1, keepdims=True) / 65534 * np.abs(w).sum(-1)
+    assert np.all(np.abs(y - ref) <= rounding + 1e-5 * (np.abs(a) @ np.abs(w).T) + 1e-6)
+
+
+def test_int8_matmul_long_rows_do_not_overflow(isa):
+    # every product at its largest (32767 * -128) over 20000 columns: beyond int32 in any lane unless the sums are
+    # flushed to float along the row
+    codes = np.full((3, 20000), -128, dtype=np.int8)
+    codes[1] = 127
+    scale = np.array([1.0, 0.5, 2.0], dtype=np.float32)
+    a = np.full((1, 20000), 3.0, dtype=np.float32)
+    y = _run(bort.int8_matmul_model(codes, scale), a)
+    want = [3.0 * -128 * 20000, 3.0 * 127 * 20000 * 0.5, 3.0 * -128 * 20000 * 2.0]
+    np.testing.assert_allclose(y[0], want, rtol=1e-6)
+
+
+def test_int8_matmul_two_threads_give_the_same_result():
+    rng = np.random.default_rng(7)
+    codes, scale, _ = _int8_weight(rng, 1000, 64)
+    a = rng.standard_normal((3, 64)).astype(np.float32)
+    model = bort.int8_matmul_model(codes, scale)
+    np.testing.assert_array_equal(_run(model, a, threads=1), _run(model, a, threads=2))
+
+
+def test_int8_matmul_errors():
+    rng = np.random.default_rng(8)
+    codes, scale, _ = _int8_weight(rng, 8, 32)
+    free = ["M", "K"]  # symbolic, so that ONNX Runtime's own shape check lets the op see the mismatch
+    a = np.zeros((2, 32), np.float32)
+    _expect_error(r"Int8MatMul node .*'A' has last dimension 31.*K=32", bort.int8_matmul_model(codes, scale, a_shape=free),
+                  np.zeros((2, 31), np.float32))
+    _expect_error(r"Int8MatMul node .*zero rows", bort.int8_matmul_model(codes, scale, a_shape=free),
+                  np.zeros((0, 32), np.float32))
+    _expect_error(r"'scale' has shape \[7\], expected \[8\] \(one per output row\)",
+                  bort.int8_matmul_model(codes, scale[:7]), a)
+    _expect_error(r"'scale' has shape \[8\], expected \[8, 2\] \(one per output row and group of 16",
+                  bort.int8_matmul_model(codes, scale, group_size=16), a)
+    _expect_error(r"'bias' has shape \[3\], expected \[8\]",
+                  bort.int8_matmul_model(codes, scale, bias=np.zeros(3, np.float32)), a)
+    _expect_error(r"'group_size' must be >= 0", bort.int8_matmul_model(codes, scale, group_size=-1), a)
+    # the declared input types let ONNX Runtime refuse a uint8 W when the session is created
+    _expect_error(r"input parameter \(W\) of operator \(Int8MatMul\)",
+                  bort.int8_matmul_model(codes.view(np.uint8), scale), a)
