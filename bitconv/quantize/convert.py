@@ -22,7 +22,15 @@ from bitconv.errors import BitconvError, InternalError, OptionError, SourceError
 from bitconv.format.atomic import check_output, staged_folder, write_json_atomic
 from bitconv.format.safetensors import StreamingSafetensorsWriter, shard_names, split_into_shards
 from bitconv.format.spec import FilePlan, PlannedTensor
-from bitconv.format.vocab import FORMAT_NAME, FORMAT_VERSION, NP_TO_ST, QUANT_METHOD, SIDE_FILES
+from bitconv.format.vocab import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    NP_TO_ST,
+    QUANT_METHOD,
+    SIDE_FILES,
+    TRANSFORMERS_GUARD,
+    TRANSFORMERS_GUARD_KEY,
+)
 from bitconv.quantize.config import QuantConfig, parse_size
 from bitconv.quantize.plan import Plan, PlanRow, plan_for_source
 from bitconv.quantize.schemes import encode, quantize
@@ -50,9 +58,17 @@ def _quantization_config(cfg: QuantConfig, src: Source) -> dict:
             **cfg.to_dict(), "source": _source_label(src), "source_revision": src.revision}
 
 
+def _float_dtype(source_dtype: str | None) -> str:
+    """config.json's dtype, what `from_pretrained` computes in by default: the folder stores its float tensors in
+    float16, so a float32 source would double them in memory; a bfloat16 source keeps bfloat16's range."""
+    return "bfloat16" if source_dtype == "bfloat16" else "float16"
+
+
 def _write_config(src: Source, cfg: QuantConfig, folder: Path) -> None:
     config = src.config.to_dict()
     config["quantization_config"] = _quantization_config(cfg, src)
+    config["dtype"] = _float_dtype(config.get("dtype"))
+    config[TRANSFORMERS_GUARD_KEY] = TRANSFORMERS_GUARD
     config["_name_or_path"] = _source_label(src)  # transformers records the absolute folder it read
     write_json_atomic(folder / "config.json", config)
 
