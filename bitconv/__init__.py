@@ -10,6 +10,7 @@ plans, sources, convert, torch modules, load), `train` (recover), `data` (readin
 `report`, `export`, `ort` (the ONNX Runtime op library), `hub` and `cli`.
 """
 
+import importlib
 import importlib.abc
 import importlib.machinery
 import sys
@@ -45,9 +46,9 @@ _QUANTIZERS = "transformers.quantizers.auto"
 
 
 def _register_quantizer() -> None:
-    from bitconv.quantize.hf_quantizer import register
-
-    register()
+    # importing the module registers it; when that import is what imported transformers' quantizers, the module is
+    # still half-run here and registers at its own end
+    importlib.import_module("bitconv.quantize.hf_quantizer")
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):

@@ -32,7 +32,7 @@ from bitconv.format.atomic import check_output, staged_folder
 from bitconv.format.layouts import HF_BITNET_VALUES_PER_BYTE as VALUES_PER_BYTE
 from bitconv.format.layouts import pack_output_dim
 from bitconv.format.reader import PackedReader, read_bitconv_config
-from bitconv.format.vocab import SIDE_FILES
+from bitconv.format.vocab import SIDE_FILES, TRANSFORMERS_GUARD_KEY
 
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
 
@@ -136,7 +136,8 @@ def export_hf_bitnet(folder: Path | str, out: Path | str, *, linear_class: str =
             "(convert with --activations int8 for the same arithmetic)"
         )
 
-    hf_config = {k: v for k, v in config.items() if k != "quantization_config"}
+    # without bitconv's quantization_config and the guard that makes transformers refuse a bitconv folder
+    hf_config = {k: v for k, v in config.items() if k not in ("quantization_config", TRANSFORMERS_GUARD_KEY)}
     hf_config["dtype"] = "float32"
     hf_config["quantization_config"] = {
         "quant_method": "bitnet", "linear_class": linear_class, "quantization_mode": "offline",

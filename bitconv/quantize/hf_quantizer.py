@@ -1,5 +1,6 @@
 """transformers' quantizer for bitconv folders (`quant_method: bitconv`), registered with transformers' public
-registry on `import bitconv` (as soon as transformers' quantizers are imported, see bitconv/__init__.py).
+registry when this module is imported: `import bitconv` imports it as soon as transformers' quantizers are imported
+(bitconv/__init__.py).
 
 `from_pretrained` then builds the model on the meta device, this quantizer puts packed modules where the folder
 holds quantized weights (bitconv.quantize.modeling), and transformers' own loader reads the stored tensors into
@@ -222,3 +223,6 @@ def register() -> None:
     if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
         register_quantization_config(QUANT_METHOD)(BitconvConfig)
         register_quantizer(QUANT_METHOD)(BitconvHfQuantizer)
+
+
+register()

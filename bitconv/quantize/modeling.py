@@ -319,10 +319,9 @@ def load(source: str | os.PathLike, *, dequantize: bool = False, dtype: torch.dt
     bfloat16); `device_map` as in transformers ("cuda", "auto", ...); `weight_cache` as in set_weight_cache().
     `model_class` defaults to the class named in config.json. `model.bitconv_config` holds the quantization_config.
     """
-    from bitconv.quantize.hf_quantizer import register
+    import bitconv.quantize.hf_quantizer  # noqa: F401 - registers bitconv's quantizer with transformers
     from bitconv.quantize.source import model_class_for
 
-    register()
     config = _bitconv_model_config(source, revision)
     cls = model_class or model_class_for(config)
     try:

@@ -821,7 +821,7 @@ def _recover(source: str, out: Path, train_path: Path, eval_path: Path | None, c
         write_output(model, tok, source, out, cfg, outliers, metrics, log, force)
         from bitconv import load
 
-        converted = load(out).to(rt.device)
+        converted = load(out, dtype=torch.float32).to(rt.device)  # as trained, not the stored float16
         metrics["converted"] = evaluate(converted)
         _write_record(out, cfg, metrics, log)
     return RecoverResult(out, metrics if rt.main else {}, timings)
