@@ -78,7 +78,7 @@ def _check_device_map(device_map: dict | None) -> None:
                               "pass device_map='cpu' (or leave it out) or a GPU it has")
 
 
-def _model_names(model, specs: dict[str, TensorSpec]) -> dict[str, str]:
+def model_weight_names(model, specs: dict[str, TensorSpec]) -> dict[str, str]:
     """Stored weight name -> the model's parameter name, renamed as transformers' loader will rename it."""
     transforms = get_model_conversion_mapping(model)
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
@@ -128,7 +128,7 @@ class BitconvHfQuantizer(HfQuantizer):
         activations = self.quantization_config.options.activations
         dtype = model.dtype
         packed_embeddings: dict[str, PackedEmbedding] = {}
-        for name, target in _model_names(model, reader.specs).items():
+        for name, target in model_weight_names(model, reader.specs).items():
             spec, path = reader.specs[name], target.removesuffix(".weight")
             module = model.get_submodule(path)
             kind = module_kind(module)
