@@ -7,6 +7,7 @@ at a time into files written under a temporary folder that is renamed into place
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -83,6 +84,19 @@ def _copy_side_files(src: Source, folder: Path) -> None:
         path = Path(src.folder) / name
         if path.exists():
             shutil.copyfile(path, folder / name)
+    _copy_sentence_transformers_modules(Path(src.folder), folder)
+
+
+def _copy_sentence_transformers_modules(source: Path, folder: Path) -> None:
+    """sentence-transformers keeps the modules after the transformer (pooling, normalisation, dense layers) in the
+    sub-folders modules.json names; SentenceTransformer(folder) needs them, unchanged."""
+    modules = source / "modules.json"
+    if not modules.is_file():
+        return
+    for module in json.loads(modules.read_text()):
+        path = Path(module.get("path") or ".")
+        if path != Path(".") and not path.is_absolute() and ".." not in path.parts and (source / path).is_dir():
+            shutil.copytree(source / path, folder / path)
 
 
 def _to_array(tensor: torch.Tensor, planned: PlannedTensor) -> np.ndarray:
@@ -135,6 +149,9 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, config: QuantConf
     if not dry_run:
         check_output(out, force=force, inputs=[src.folder])
     plan = plan_for_source(src, cfg, outliers)
+    if cfg.scheme != "fp16" and not plan.quantized and not dry_run:  # a dry run shows the plan and why
+        raise SourceError(f"{src.spec}: no quantizable layers found (2-D Linear/Conv1D projection weights inside "
+                          "repeated blocks); check the model, or select tensors with --only PATTERN")
     if dry_run:
         return ConversionResult(out, plan, src.n_bytes, sum(r.n_bytes for r in plan.rows), time.perf_counter() - start)
 

@@ -22,6 +22,7 @@ from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantization_config, register_quantizer
 from transformers.quantizers.base import HfQuantizer
+from transformers.utils import logging
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from bitconv.errors import FormatError, OptionError
@@ -40,6 +41,8 @@ from bitconv.quantize.modeling import (
     register_stored_buffers,
     replace_module,
 )
+
+logger = logging.get_logger(__name__)
 
 
 def check_readable(qc: dict) -> QuantConfig:
@@ -196,7 +199,8 @@ class BitconvHfQuantizer(HfQuantizer):
         return dequantize_modules(model, dtype)
 
     def is_serializable(self) -> bool:
-        # the bitconv folder it was loaded from is the saved form; model.dequantize() gives a savable float model
+        logger.warning("a bitconv model is saved as the bitconv folder it was loaded from (bitconv convert writes "
+                       "it); for a float checkpoint call model.dequantize() first, then save_pretrained")
         return False
 
     @property
