@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import platform
 import statistics
 import sys
@@ -138,7 +139,14 @@ def weight_bytes(model) -> int:
     return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
 
 
+def free_memory(device: str) -> None:
+    gc.collect()  # dropped modules and models sit in reference cycles until a collection frees their tensors
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def measure(name: str, model, device: str, args) -> dict:
+    free_memory(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     row = {"model": name, "decode": decode_tokens_per_s(model, device, args.new_tokens, args.repeats)}
@@ -180,13 +188,9 @@ def main() -> None:
     error = check_packed(model, reference, device)
     print(f"packed vs ternary nn.Linear: max |diff| / max |logit| = {error:.2e}", flush=True)
     del reference
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
     set_weight_cache(model, True)
     rows.append(measure("packed, cached bf16 weight (weight_cache=True)", model, device, args))
     set_weight_cache(model, False)
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
     rows.append(measure("packed, decoded each forward (weight_cache=False)", model, device, args))
 
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine()
