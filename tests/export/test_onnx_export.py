@@ -213,11 +213,12 @@ def test_untied_lm_head_runs_as_half_matmul(tmp_path):
     np.testing.assert_allclose(logits, _reference(folder, ids), atol=ATOL, rtol=0)
 
 
-def test_int8_activations_base3_groups_and_outliers(tiny_gpt2, tmp_path):
+@pytest.mark.parametrize("name", ["gpt2", "llama"])  # Llama's q/k/v and gate/up are stacked, outliers and all
+def test_int8_activations_base3_groups_and_outliers(request, tmp_path, name):
     import onnx
 
-    folder = _convert(tiny_gpt2, tmp_path / "g", granularity="group:32", packing="base3", keep_outliers=0.01,
-                      activations="int8")
+    folder = _convert(request.getfixturevalue(f"tiny_{name}"), tmp_path / "g", granularity="group:32",
+                      packing="base3", keep_outliers=0.01, activations="int8")
     ids = _ids(6)
     ref = _reference(folder, ids)
     path = export_onnx(folder, tmp_path / "op.onnx", target="op").path
