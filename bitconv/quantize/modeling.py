@@ -326,11 +326,19 @@ def load(source: str | os.PathLike, *, dequantize: bool = False, dtype: torch.dt
         # transformers allocates anything a hostile config.json asks for
         _, reader = open_bitconv_folder(Path(source))
         check_model_shapes(cls, config, reader.logical_shapes(), source)
+    from transformers.utils import logging as hf_logging
+
+    # transformers' "Loading weights" bar would land in the middle of bitconv's own output (and its one-line errors)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         model, info = cls.from_pretrained(source, config=config, revision=revision, dtype=dtype or "auto",
                                           device_map=device_map, output_loading_info=True)
     except OSError as exc:  # transformers reports unreadable or missing files as OSError
         raise SourceError(f"{source}: transformers cannot read it ({str(exc).splitlines()[0]})") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     missing = sorted(set(info["missing_keys"]) - set(getattr(model, "all_tied_weights_keys", {}) or {}))
     if missing:
         raise FormatError(f"{source}: weights {missing[:3]} are missing from the packed files; re-convert the model")
