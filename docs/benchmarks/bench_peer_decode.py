@@ -181,9 +181,9 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} CPUs (os.cpu_count)"
 
 
-def table(model: str, embeddings: str, rates: dict[int, dict[str, float]]) -> list[str]:
+def table(model: str, embeddings: str, activations: str, rates: dict[int, dict[str, float]]) -> list[str]:
     labels = list(ENGINES)
-    lines = [f"### {model}, embeddings/lm_head {embeddings}", "",
+    lines = [f"### {model}, embeddings/lm_head {embeddings}, activations {activations}", "",
              "| threads | " + " | ".join(f"{label} tok/s" for label in labels) + " | bitconv / llama.cpp |",
              "|---" * (len(labels) + 2) + "|"]
     for n, r in rates.items():
@@ -206,6 +206,8 @@ def main() -> None:
     import llama_cpp
     import onnxruntime
 
+    from bitconv.quantize.config import QuantConfig
+
     started = datetime.datetime.now().astimezone()
     lines = ["# Batch-1 decode: bitconv vs llama.cpp, stock ONNX Runtime and float32", "",
              f"- Command: `PYTHONPATH=$PWD python docs/benchmarks/bench_peer_decode.py {' '.join(sys.argv[1:])}`",
@@ -222,7 +224,9 @@ def main() -> None:
                 load_before = os.getloadavg()
                 rates = measure(paths, args.threads, args.rounds, args.tokens)
                 load_after = os.getloadavg()
-                lines += table("GPT-2 small (124M)" if model == "gpt2" else "Llama shape 0.68B", embeddings, rates)
+                mode = args.activations or QuantConfig().activations  # the folder's, as converted
+                lines += table("GPT-2 small (124M)" if model == "gpt2" else "Llama shape 0.68B", embeddings, mode,
+                               rates)
                 lines.append(f"Load average (1/5/15 min) before: {', '.join(f'{x:.1f}' for x in load_before)}; "
                              f"after: {', '.join(f'{x:.1f}' for x in load_after)}")
                 lines.append("")

@@ -96,7 +96,7 @@ def test_decode_graph_is_lean(converted, tmp_path, name):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_encoder_matches_load(converted, tmp_path, target):
-    result = export_onnx(converted["bert"], tmp_path / "bert.onnx", target=target)
+    result = export_onnx(converted["bert"], tmp_path / "bert.onnx", target=target, accuracy_level=0)
     assert result.kind == "encoder"
     ids = _ids(6, batch=2)
     np.testing.assert_allclose(_run_encoder(result.path, ids), _reference(converted["bert"], ids), atol=ATOL, rtol=0)
