@@ -41,8 +41,8 @@ if sys.platform.startswith("linux"):
 ternary_ops = Extension(
     f"bitconv.{LIBRARY_BASENAME}",
     sources=[str(OP_DIR / name) for name in
-             ("register.cc", "op_support.cc", "ternary_matmul.cc", "half_matmul.cc", "kernels_scalar.cc",
-              "kernels_avx2.cc", "kernels_avx512.cc")],
+             ("register.cc", "op_support.cc", "ternary_matmul.cc", "half_matmul.cc", "int8_matmul.cc",
+              "kernels_scalar.cc", "kernels_avx2.cc", "kernels_avx512.cc")],
     depends=[str(OP_DIR / name) for name in ("ort_abi.h", "op_support.h", "kernels.h", "exports.map")],
     include_dirs=[str(OP_DIR)],
     language="c++",

@@ -74,6 +74,7 @@ def export_hf_bitnet_path(folder: Path, out: Path, linear_class: str = "bitlinea
 EXPORT_EPILOG = (
     "Examples:\n\n  bitconv export ./gpt2-1.58 --onnx gpt2-1.58.onnx\n\n"
     "  bitconv export ./gpt2-1.58 --onnx gpt2-1.58-stock.onnx --target matmulnbits\n\n"
+    "  bitconv export ./gpt2-1.58 --onnx gpt2-1.58-exact.onnx --target matmulnbits --accuracy-level 0\n\n"
     "  bitconv export ./gpt2-1.58 --onnx gpt2-1.58-float.onnx --target float\n\n") + OTHER_FORMATS_EPILOG.removeprefix("Examples:\n\n")
 GENERATE_EPILOG = "Examples:\n\n  bitconv generate gpt2-1.58.onnx --prompt \"Hello\" --max-new-tokens 32"
 
@@ -83,6 +84,9 @@ def export(
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Write an ONNX model to this .onnx path.")] = None,
     target: Annotated[str, typer.Option(help="op (bitconv.TernaryMatMul), matmulnbits (stock ONNX Runtime) or float.")] = "op",
     opset: Annotated[int, typer.Option(help="ONNX opset of the default domain.")] = 17,
+    accuracy_level: Annotated[int, typer.Option(
+        help="MatMulNBits accuracy_level (--target matmulnbits): 4 (default) quantizes activations to int8 and runs "
+             "ONNX Runtime's integer kernels; 0 keeps float activations and is several times slower on CPUs.")] = 4,
     gguf: GgufOption = None,
     gguf_type: GgufTypeOption = "tq2_0",
     hf_bitnet: HfBitnetOption = None,
@@ -96,7 +100,7 @@ def export(
     if onnx is not None:
         from bitconv.export.onnx import export_onnx
 
-        result = export_onnx(folder, onnx, force=force, target=target, opset=opset)
+        result = export_onnx(folder, onnx, force=force, target=target, opset=opset, accuracy_level=accuracy_level)
         console.print(f"wrote {result.path} ({result.kind}, target {result.target}, {result.n_replaced} packed "
                       f"projections, {result.n_bytes / 1e6:.1f} MB)")
     if gguf is not None:

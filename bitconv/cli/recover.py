@@ -15,10 +15,18 @@ Examples:
   bitconv recover MODEL_DIR --bits 1.58 --task classify --train ../shared/data/sst2/train.tsv
       --eval ../shared/data/sst2/validation.tsv --distill --out minilm-sst2-1.58
 
-  bitconv recover ./SmolLM2-135M-Instruct.Q4_1.gguf --bits 1.58 --task lm
-      --train ../shared/data/text/shakespeare.txt --distill --steps 2000 --out smol-1.58-recovered
+  bitconv recover ./SmolLM2-135M-Instruct.Q4_1.gguf --task lm --out smol-1.58
+      (no --train: text the model writes itself, teacher:20M)
 
-  torchrun --nproc_per_node 2 -m bitconv recover ...   (data parallel; gloo on CPU, NCCL on GPUs)
+  bitconv recover MODEL --task lm --train 'corpus/*.jsonl?column=body&weight=0.7' --train teacher:10M?weight=0.3
+      --eval heldout.txt --eval hf:wikitext?config=wikitext-2-raw-v1&split=test --out model-1.58
+
+  torchrun --nproc_per_node 2 -m bitconv recover ... [--fsdp]   (data parallel, or sharded with FSDP2)
+
+Sources (--train, --eval; repeatable): a text file; a folder or glob of .txt/.md/.jsonl/.parquet/.csv/.tsv;
+hf:NAME for `datasets.load_dataset` (?config=&split=&column=&data_files=&streaming=1); a folder written by
+save_to_disk; teacher:N (N tokens sampled from the original model; ?top_p=&length=&batch=). Add &weight=W
+to mix training sources in those shares.
 """
 
 
@@ -27,43 +35,47 @@ def register(app: typer.Typer) -> None:
     def recover_command(
         source: Annotated[str, typer.Argument(help="Model folder, .gguf file or Hub id (full precision).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output bitconv folder.")],
-        train: Annotated[Path, typer.Option(help="Training data: TSV/CSV of text and label (classify) or a text file (lm).")],
         task: Annotated[str, typer.Option(help="classify (adds a classifier head where needed) or lm.")] = "classify",
-        eval: Annotated[Optional[Path], typer.Option(help="Held-out data (same format); lm default: the tail of --train.")] = None,
+        train: Annotated[Optional[list[str]], typer.Option(help="Training data: TSV/CSV of text and label (classify); sources (lm, repeatable; default teacher:20M).")] = None,
+        eval: Annotated[Optional[list[str]], typer.Option(help="Held-out data, each reported separately; lm default: the held-out tail of the first --train.")] = None,
         bits: Annotated[str, typer.Option(help="Target width: 1.58 (ternary), 1, 2, 4 or 8.")] = "1.58",
         granularity: Annotated[Optional[str], typer.Option(help="tensor | channel | group:N (default by scheme, as convert).")] = None,
         scale: Annotated[str, typer.Option(help="Scale estimator: absmean, absmax, median, mse.")] = "absmean",
         activations: Annotated[str, typer.Option(help="none, or int8 for W1.58A8 (per-token absmax, also at inference).")] = "none",
         keep_outliers: Annotated[str, typer.Option(help="Fraction of largest weights per tensor kept in fp16, e.g. 0.1%.")] = "0",
         super_weights: Annotated[int, typer.Option(help="Find this many super weights on the training text; keep them in fp16.")] = 0,
-        distill: Annotated[bool, typer.Option(help="Distil from the full-precision teacher (KL on logits).")] = False,
+        distill: Annotated[Optional[bool], typer.Option("--distill/--no-distill", help="Distil from the full-precision teacher (KL on logits; default: lm yes, classify no).")] = None,
         teacher: Annotated[Optional[str], typer.Option(help="classify: an fp fine-tuned teacher folder (default: fine-tune one first).")] = None,
-        temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 2.0,
-        distill_weight: Annotated[float, typer.Option(help="Share of the KL term in the loss (rest: task loss).")] = 0.5,
+        temperature: Annotated[Optional[float], typer.Option(help="Distillation temperature (default: lm 1, classify 2).")] = None,
+        distill_weight: Annotated[Optional[float], typer.Option(help="Share of the KL term in the loss, the rest the task loss (default: lm 1, classify 0.5).")] = None,
         hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state matching loss (0: off).")] = 0.0,
         quant_warmup_steps: Annotated[int, typer.Option(help="Blend fp -> quantized over N steps: w = (1-l) w + l q(w).")] = 0,
         progressive: Annotated[str, typer.Option(help="Widths trained before the target, e.g. 8,4,2.")] = "",
         phase_steps: Annotated[int, typer.Option(help="Steps at each --progressive width.")] = 0,
         steps: Annotated[Optional[int], typer.Option(help="Training steps (default: --epochs over the data).")] = None,
         epochs: Annotated[float, typer.Option(help="Epochs when --steps is not given.")] = 1.0,
-        batch_size: Annotated[int, typer.Option(help="Batch size per process.")] = 32,
-        lr: Annotated[float, typer.Option(help="Peak learning rate of the latent weights.")] = 1e-4,
+        batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process (default: lm 64 blocks, classify 32).")] = None,
+        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the latent weights (default: lm 1e-3, classify 1e-4).")] = None,
         lr_warmup: Annotated[float, typer.Option(help="Fraction of steps of linear learning-rate warm-up.")] = 0.05,
         weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
         init: Annotated[str, typer.Option(help="classify + teacher: start the student from 'teacher' or 'source'.")] = "teacher",
         teacher_epochs: Annotated[float, typer.Option(help="Epochs of fp teacher fine-tuning (classify).")] = 1.0,
         teacher_lr: Annotated[float, typer.Option(help="Learning rate of the fp teacher fine-tuning.")] = 5e-5,
         max_length: Annotated[int, typer.Option(help="classify: tokens per text.")] = 128,
-        seq_len: Annotated[int, typer.Option(help="lm: tokens per training block.")] = 256,
+        seq_len: Annotated[int, typer.Option(help="lm: tokens per training block (and evaluation window).")] = 1024,
         eval_fraction: Annotated[float, typer.Option(help="lm without --eval: held-out tail of --train.")] = 0.05,
         eval_tokens: Annotated[int, typer.Option(help="lm: at most this many held-out tokens are scored.")] = 200_000,
-        text_column: Annotated[Optional[str], typer.Option(help="Text column name or index (default: found).")] = None,
+        text_column: Annotated[Optional[str], typer.Option(help="Text column name or index (default: found); for lm sources, the default column.")] = None,
         label_column: Annotated[Optional[str], typer.Option(help="Label column name or index (default: found).")] = None,
-        precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast on CUDA.")] = "fp32",
+        precision: Annotated[Optional[str], typer.Option(help="fp32, or bf16 autocast on CUDA (default: lm bf16, classify fp32).")] = None,
         seed: Annotated[int, typer.Option(help="Random seed (CPU runs are deterministic).")] = 0,
         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
         checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints (default: OUT.ckpt).")] = None,
         save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
+        log_every: Annotated[int, typer.Option(help="Read the loss every N steps (progress, log, divergence check).")] = 10,
+        compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the transformer blocks (default: on with CUDA).")] = None,
+        fsdp: Annotated[bool, typer.Option(help="Under torchrun: shard the model with FSDP2 instead of replicating it (DDP).")] = False,
+        cache_dir: Annotated[Optional[Path], typer.Option(help="Token cache (default: ~/.cache/bitconv/tokens).")] = None,
         resume: Annotated[bool, typer.Option(help="Continue from the checkpoint (same options only).")] = False,
         force: Annotated[bool, typer.Option(help="Replace an existing --out and checkpoint.")] = False,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -85,11 +97,14 @@ def register(app: typer.Typer) -> None:
             precision=precision, seed=seed, text_column=text_column, label_column=label_column,
         )
         result = recover(source, out, train=train, eval=eval, config=cfg, device=device, checkpoint_dir=checkpoint_dir,
-                         resume=resume, force=force, save_every=save_every, progress=progress)
+                         resume=resume, force=force, save_every=save_every, progress=progress, log_every=log_every,
+                         compile=compile, fsdp=fsdp, cache_dir=cache_dir)
         if not result.metrics:
             return  # a data-parallel worker other than rank 0
         m = result.metrics
         for key in ("original", "teacher", "before", "after", "converted"):
             if key in m:
-                typer.echo(f"{key:>9}: {headline(m[key])}")
+                sets = m[key].get("sets") or {"": m[key]}
+                for name, result in sets.items():
+                    typer.echo(f"{key:>9}: {headline(result)}" + (f"  ({name})" if len(sets) > 1 else ""))
         typer.echo(f"wrote {result.out} (recipe and metrics in {result.out / 'recovery.json'})")

@@ -95,22 +95,29 @@ def check_context(backend: Backend, context: int, what: str = "--context") -> No
                            f"({backend.source}, config.json); pass {what} {limit} or less")
 
 
-def perplexity(backend: Backend, data: TextSlice, context: int = 512, stride: int | None = None,
-               max_tokens: int | None = None, batch_size: int = 1, progress: bool = True) -> dict:
-    """Perplexity and bits per byte of a causal LM over a text slice (see the module docstring)."""
+def _check_perplexity_options(backend: Backend, context: int, stride: int) -> None:
     if backend.kind != CAUSAL_LM:
         raise DataError(f"{backend.source}: perplexity needs a causal language model, this is a "
                            f"{backend.architecture}; use --task classify for classifiers")
     check_context(backend, context)
-    stride = stride or context
     if not 1 <= stride <= context:
         raise DataError(f"--stride {stride}: must be between 1 and --context ({context})")
-    if max_tokens is not None and max_tokens < 2:
-        raise DataError(f"--max-tokens {max_tokens}: must be at least 2")
-    tok = tokenize_text(backend.tokenizer, data.text, max_tokens)
-    ids = torch.tensor(tok.ids, dtype=torch.long)
+
+
+def perplexity_of_ids(backend: Backend, ids: torch.Tensor, context: int = 512, stride: int | None = None,
+                      batch_size: int = 1, progress: bool = True) -> dict:
+    """Perplexity of a causal LM over a sequence of token ids (sliding windows, the module docstring's method).
+
+    `perplexity` calls this on tokenized text; `recover` on token streams it holds (such as held-out text the
+    original model wrote), through a backend around the model it trains (bitconv.evaluate.backends.module_backend).
+    """
+    stride = stride or context
+    _check_perplexity_options(backend, context, stride)
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    if ids.numel() < 2:
+        raise DataError(f"{ids.numel()} token(s) to score; perplexity needs at least 2")
     windows = sliding_windows(len(ids), context, stride)
-    nll_nats = 0.0
+    nll = torch.zeros((), dtype=torch.float64)
     n_scored = 0
     # full windows share one length, so they batch; the last (shorter) window goes alone
     groups: list[list[tuple[int, int, int]]] = []
@@ -123,32 +130,45 @@ def perplexity(backend: Backend, data: TextSlice, context: int = 512, stride: in
         for group in groups:
             batch = torch.stack([ids[b:e] for b, e, _ in group])
             logits = backend.logits(batch)
+            nll = nll.to(logits.device)
             for row, (b, e, first) in enumerate(group):
                 # logits at position p predict token p + 1
                 pred = logits[row, first - b - 1:e - b - 1]
                 target = ids[first:e].to(pred.device)
-                nll_nats += F.cross_entropy(pred, target, reduction="sum").double().item()
+                nll += F.cross_entropy(pred, target, reduction="sum").double()
                 n_scored += e - first
                 advance(f"{n_scored} tokens")
     if n_scored != len(ids) - 1:
         raise InternalError(f"scored {n_scored} tokens of {len(ids)}")
-    n_bytes = len(tok.scored_text.encode("utf-8"))
+    nll_nats = float(nll)  # one host sync per evaluation, not per window
     mean_nll = nll_nats / n_scored
     return {
         "perplexity": math.exp(mean_nll) if mean_nll < 700 else math.inf,  # inf/nan are written as null
         "mean_nll_nats": mean_nll,
         "bits_per_token": mean_nll / LN2,
-        "bits_per_byte": nll_nats / LN2 / n_bytes,
         "total_nll_nats": nll_nats,
         "n_tokens": len(ids),
         "n_scored_tokens": n_scored,
-        "n_scored_bytes": n_bytes,
         "n_windows": len(windows),
         "context": context,
         "stride": stride,
         "effective_stride": min(stride, context - 1),
-        "evaluated_chars": [data.start_char, data.start_char + len(tok.text)],
     }
+
+
+def perplexity(backend: Backend, data: TextSlice, context: int = 512, stride: int | None = None,
+               max_tokens: int | None = None, batch_size: int = 1, progress: bool = True) -> dict:
+    """Perplexity and bits per byte of a causal LM over a text slice (see the module docstring)."""
+    _check_perplexity_options(backend, context, stride or context)
+    if max_tokens is not None and max_tokens < 2:
+        raise DataError(f"--max-tokens {max_tokens}: must be at least 2")
+    tok = tokenize_text(backend.tokenizer, data.text, max_tokens)
+    result = perplexity_of_ids(backend, torch.tensor(tok.ids, dtype=torch.long), context, stride, batch_size, progress)
+    n_bytes = len(tok.scored_text.encode("utf-8"))
+    result["bits_per_byte"] = result["total_nll_nats"] / LN2 / n_bytes
+    result["n_scored_bytes"] = n_bytes
+    result["evaluated_chars"] = [data.start_char, data.start_char + len(tok.text)]
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -10,13 +10,21 @@ MatMul (`W.T`, [in, out]) or of a Gemm (`W.T`, or `W` with transB=1). Initialize
 SHA-256 of their bytes and then compared element for element; every quantized weight must be found, or the export
 fails. The matched float initializers are dropped, so the file holds only the packed bytes.
 
-Decoders (GPT-2, Llama) are exported with a key/value cache: inputs input_ids, attention_mask, position_ids,
-past_key_values.{i}.key/value [batch, kv_heads, past, head_dim]; outputs logits, present.{i}.key/value.
-Encoders (BERT) take input_ids, attention_mask, token_type_ids and return logits (with a task head) or
-last_hidden_state. Float initializers that float16 represents exactly (the fp16 embeddings, a tied or fp16
-lm_head) are stored in float16, and an initializer that is the transpose of another (GPT-2's tied lm_head) is
-stored once. Embeddings are gathered in float16 and the lm_head becomes bitconv.HalfMatMul (target "op"), so they
-stay float16 at run time; other float16 matrices sit behind a Cast that ONNX Runtime folds at session creation.
+Decoders (GPT-2, Llama) are not traced: bitconv.export.onnx_decoder builds their decode graph from the folder's
+tensors with ONNX Runtime's fused attention, rotary and skip-norm ops and a key/value cache that can be updated in
+place (inputs input_ids, attention_mask, GPT-2's position_ids, past_key_values.{i}.key/value [batch, kv_heads,
+past, head_dim]; outputs logits, present.{i}.key/value). Encoders (BERT) are traced by torch.onnx and their
+quantized MatMul/Gemm nodes rewritten as above; they take input_ids, attention_mask, token_type_ids and return
+logits (with a task head) or last_hidden_state. Float initializers that float16 represents exactly (the fp16
+embeddings, a tied or fp16 lm_head) are stored in float16, and an initializer that is the transpose of another
+(a tied lm_head) is stored once. Embeddings are gathered in float16 (or int8) and the lm_head becomes
+bitconv.HalfMatMul (or bitconv.Int8MatMul for an int8 head; target "op"), so they stay as stored at run time.
+
+MatMulNBits' accuracy_level (target "matmulnbits") defaults to 4: ONNX Runtime then quantizes the activations
+to int8 in blocks along K and multiplies with integer kernels, as llama.cpp does for its 2-bit types and as a
+ternary model is meant to run (BitNet b1.58 is W1.58A8). Level 0 (the attribute's default) makes ONNX Runtime's
+CPU kernels dequantize the weights to float on every call: 7-11x slower than even the float32 export on the
+machines of issue 13. Level 0-3 stays available (`accuracy_level=`) for float-activation exactness.
 """
 
 from __future__ import annotations
@@ -31,19 +39,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv.errors import ExportError, OutputError
+from bitconv.errors import ExportError, OptionError, OutputError
 from bitconv.export import ExportResult
+from bitconv.export.onnx_decoder import DecoderGraph, FolderTensors, Matrix, matmulnbits_initializers
 from bitconv.format.atomic import PARTIAL, check_output, scratch_folder, staged_file
-from bitconv.format.layouts import matmulnbits_block_size, matmulnbits_weights
 from bitconv.format.reader import PackedReader, open_bitconv_folder
 from bitconv.format.spec import TensorSpec
 from bitconv.format.vocab import SIDE_FILES, SUFFIX_CODES, SUFFIX_OUTLIER_IDX, SUFFIX_OUTLIER_VAL, SUFFIX_SCALE
+from bitconv.ort.generate import IN_PLACE_CACHE
 
 TARGETS = ("op", "matmulnbits", "float")
 DECODER_TYPES = ("gpt2", "llama")
 ENCODER_TYPES = ("bert",)
 DEFAULT_OPSET = 17
 MAX_PROTO_BYTES = 2 * 1024**3  # protobuf's limit: larger models go to external data
+PROTO_MARGIN_BYTES = 64 * 1024**2  # room for the nodes, names and metadata around the initializers
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: unset, float32, float16, bfloat16, int8 activations
+DEFAULT_ACCURACY_LEVEL = 4  # see the module docstring
+MIN_DECODER_OPSET = 15  # the decode graph reads the mask's length with Shape(start, end)
 FP16_MIN_ELEMENTS = 4096  # small tensors (norms, biases) are not worth a Cast node
 
 
@@ -58,14 +71,26 @@ def _check_target(target: str) -> None:
         raise ExportError(f"unknown export target {target!r}: use one of {', '.join(TARGETS)}")
 
 
-def _model_kind(model) -> str:
-    model_type = model.config.model_type
-    if model_type in DECODER_TYPES and hasattr(model, "lm_head"):
+def _folder_config(folder: Path):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder))
+    if hasattr(config, "quantization_config"):  # bitconv's own record, not a transformers quantizer
+        delattr(config, "quantization_config")
+    return config
+
+
+def _model_kind(config) -> str:
+    from bitconv.quantize.source import model_class_for
+
+    model_type = config.model_type
+    class_name = model_class_for(config).__name__
+    if model_type in DECODER_TYPES and class_name.endswith(("LMHeadModel", "ForCausalLM")):
         return "decoder"
     if model_type in ENCODER_TYPES:
         return "encoder"
     raise ExportError(
-        f"the ONNX exporter does not support architecture {model_type!r} ({type(model).__name__}): supported are "
+        f"the ONNX exporter does not support architecture {model_type!r} ({class_name}): supported are "
         f"{', '.join(DECODER_TYPES)} causal LMs and {', '.join(ENCODER_TYPES)} encoders; use another export path")
 
 
@@ -75,28 +100,6 @@ def _eager_attention(model) -> None:
         config = getattr(module, "config", None)
         if config is not None and hasattr(config, "_attn_implementation"):
             config._attn_implementation = "eager"
-
-
-class _DecoderWithCache(torch.nn.Module):
-    """input_ids, attention_mask, position_ids, flat past keys/values -> logits, flat present keys/values."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.n_layers = model.config.num_hidden_layers
-
-    def forward(self, input_ids, attention_mask, position_ids, *past):
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        for i in range(self.n_layers):
-            cache.update(past[2 * i], past[2 * i + 1], i)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
-        present = []
-        for layer in out.past_key_values.layers:
-            present += [layer.keys, layer.values]
-        return (out.logits, *present)
 
 
 class _Encoder(torch.nn.Module):
@@ -109,45 +112,22 @@ class _Encoder(torch.nn.Module):
         return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
-def decoder_cache_shape(config) -> tuple[int, int, int]:
-    """(n_layers, kv_heads, head_dim) of a decoder's cache tensors."""
-    n_heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-    return config.num_hidden_layers, kv_heads, head_dim
-
-
-def _export_float(model, kind: str, path: Path, opset: int) -> tuple[list[str], list[str]]:
+def _export_encoder_float(model, path: Path, opset: int) -> tuple[list[str], list[str]]:
     """torch.onnx (TorchScript exporter) into `path`; returns the graph's input and output names."""
-    if kind == "decoder":
-        n_layers, kv_heads, head_dim = decoder_cache_shape(model.config)
-        wrapper = _DecoderWithCache(model).eval()
-        batch, seq, past = 2, 3, 4  # distinct sizes, so that no dynamic axis is traced as another
-        args = (torch.zeros(batch, seq, dtype=torch.long), torch.ones(batch, past + seq, dtype=torch.long),
-                torch.arange(past, past + seq).expand(batch, seq).contiguous(),
-                *[torch.zeros(batch, kv_heads, past, head_dim) for _ in range(2 * n_layers)])
-        cache_names = [f"{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
-        inputs = ["input_ids", "attention_mask", "position_ids"] + [f"past_key_values.{n}" for n in cache_names]
-        outputs = ["logits"] + [f"present.{n}" for n in cache_names]
-        axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
-                "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
-        axes.update({n: {0: "batch", 2: "past_sequence"} for n in inputs[3:]})
-        axes.update({n: {0: "batch", 2: "total_sequence"} for n in outputs[1:]})
-    else:
-        wrapper = _Encoder(model).eval()
-        batch, seq = 2, 5
-        args = (torch.zeros(batch, seq, dtype=torch.long), torch.ones(batch, seq, dtype=torch.long),
-                torch.zeros(batch, seq, dtype=torch.long))
-        inputs = ["input_ids", "attention_mask", "token_type_ids"]
-        with torch.no_grad():
-            probe = model(input_ids=args[0], attention_mask=args[1], token_type_ids=args[2])
-        out_name = "logits" if getattr(probe, "logits", None) is not None else "last_hidden_state"
-        rank = getattr(probe, out_name).dim()
-        outputs = [out_name]
-        axes = {n: {0: "batch", 1: "sequence"} for n in inputs}
-        axes[out_name] = {0: "batch", 1: "sequence"} if rank == 3 else {0: "batch"}
     import warnings
 
+    wrapper = _Encoder(model).eval()
+    batch, seq = 2, 5
+    args = (torch.zeros(batch, seq, dtype=torch.long), torch.ones(batch, seq, dtype=torch.long),
+            torch.zeros(batch, seq, dtype=torch.long))
+    inputs = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        probe = model(input_ids=args[0], attention_mask=args[1], token_type_ids=args[2])
+    out_name = "logits" if getattr(probe, "logits", None) is not None else "last_hidden_state"
+    rank = getattr(probe, out_name).dim()
+    outputs = [out_name]
+    axes = {n: {0: "batch", 1: "sequence"} for n in inputs}
+    axes[out_name] = {0: "batch", 1: "sequence"} if rank == 3 else {0: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer warns about every Python branch on a shape
         torch.onnx.export(wrapper, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
@@ -161,52 +141,53 @@ def _digest(array: np.ndarray) -> tuple:
 
 @dataclass
 class _Quantized:
-    name: str
-    spec: TensorSpec
-    arrays: dict  # stored arrays by suffix
+    matrix: Matrix  # the stored weight
     weight: np.ndarray  # dequantized float32 [out, in], as load(dequantize=True) builds it
+
+    @property
+    def name(self) -> str:
+        return self.matrix.name
+
+    @property
+    def spec(self) -> TensorSpec:
+        return self.matrix.spec
+
+    @property
+    def arrays(self) -> dict:
+        return self.matrix.arrays
 
 
 def _quantized_weights(reader: PackedReader) -> list[_Quantized]:
-    from bitconv.quantize.schemes import decode, dequantize
-
     result = []
     for name, spec in sorted(reader.specs.items()):
-        arrays = reader.quantized_arrays(name)
-        weight = dequantize(decode(spec, arrays)).to(torch.float32).numpy()
-        result.append(_Quantized(name, spec, arrays, weight))
+        matrix = Matrix(name, spec=spec, arrays=reader.quantized_arrays(name))
+        result.append(_Quantized(matrix, matrix.dequantized()))
     return result
 
 
-def _check_supported(quantized: list[_Quantized], target: str) -> None:
+def _check_supported(specs: dict[str, TensorSpec], target: str, schemes: tuple[str, ...]) -> None:
+    """Targets op and matmulnbits store `schemes` packed; float takes every scheme."""
     if target == "float":
         return
-    for q in quantized:
-        if q.spec.scheme != "ternary":
+    for name, spec in sorted(specs.items()):
+        if spec.scheme not in schemes:
             raise ExportError(
-                f"{q.name}: scheme {q.spec.scheme!r}: export supports ternary folders for targets op and matmulnbits; "
-                "use --target float for other schemes")
-        if target == "matmulnbits" and q.spec.n_outliers:
+                f"{name}: scheme {spec.scheme!r}: export supports {' and '.join(schemes)} weights for targets op and "
+                "matmulnbits; use --target float for other schemes")
+        if target == "matmulnbits" and spec.n_outliers:
             raise ExportError(
-                f"{q.name}: {q.spec.n_outliers} fp16 outliers cannot be expressed by MatMulNBits; use --target op "
+                f"{name}: {spec.n_outliers} fp16 outliers cannot be expressed by MatMulNBits; use --target op "
                 "(the op adds them), --target float, or convert with --keep-outliers 0")
-
-
-def _nbits_initializers(q: _Quantized) -> tuple[np.ndarray, np.ndarray, int]:
-    block = matmulnbits_block_size(q.spec)
-    if block is None:
-        raise ExportError(f"{q.name}: group size {q.spec.group_size} has no power-of-two block >= 16 dividing it, "
-                          "which MatMulNBits needs; use --target op or float")
-    return matmulnbits_weights(q.spec, q.arrays[SUFFIX_CODES], q.arrays[SUFFIX_SCALE], block)
 
 
 class _GraphRewriter:
     """Replaces the quantized MatMul/Gemm nodes of an exported float graph."""
 
-    def __init__(self, model, quantized: list[_Quantized], target: str, act_quant: bool):
+    def __init__(self, model, quantized: list[_Quantized], target: str, act_quant: bool, accuracy_level: int):
         from onnx import numpy_helper
 
         self.model = model
+        self.accuracy_level = accuracy_level
         self.graph = model.graph
         self.target = target
         self.act_quant = act_quant
@@ -273,12 +254,12 @@ class _GraphRewriter:
                 OP_TYPE, inputs, [product], name=node.name or q.name, domain=OP_DOMAIN, K=n_in, N=n_out,
                 group_size=group, act_quant=int(self.act_quant), packing=PACKING_CODES[q.spec.packing]))
         else:
-            b, scales, block = _nbits_initializers(q)
+            b, scales, block, bits = matmulnbits_initializers(q.matrix)
             inputs = [node.input[0], self._add_init(q.name + ".nbits_b", b),
                       self._add_init(q.name + ".nbits_scales", scales)]
             nodes.append(helper.make_node("MatMulNBits", inputs, [product], name=node.name or q.name,
-                                          domain="com.microsoft", K=n_in, N=n_out, bits=2, block_size=block,
-                                          accuracy_level=0))
+                                          domain="com.microsoft", K=n_in, N=n_out, bits=bits, block_size=block,
+                                          accuracy_level=self.accuracy_level))
         if bias_name is not None and not inline_bias:
             nodes.append(helper.make_node("Add", [product, bias_name], [out], name=(node.name or q.name) + "/bias"))
         return nodes
@@ -423,6 +404,16 @@ def _copy_side_files(folder: Path, out_dir: Path) -> None:
                 shutil.copyfile(src, tmp)
 
 
+def _needs_external_data(proto) -> bool:
+    """Whether the model is over protobuf's 2 GB limit, from its initializers' sizes.
+
+    Asking the whole ModelProto for its ByteSize() fails exactly when the answer would be yes (protobuf refuses
+    messages over 2 GB), so the initializers, each well under the limit, are measured one by one; the nodes and
+    names around them are small, and the limit keeps a margin for them.
+    """
+    return sum(t.ByteSize() for t in proto.graph.initializer) > MAX_PROTO_BYTES - PROTO_MARGIN_BYTES
+
+
 def _save_atomically(proto, onnx_path: Path) -> None:
     """Write the model (and, over protobuf's 2 GB limit, its external data file NAME.onnx.data beside it).
 
@@ -434,7 +425,7 @@ def _save_atomically(proto, onnx_path: Path) -> None:
     data_name = onnx_path.name + ".data"
     with scratch_folder(f".{onnx_path.name}{PARTIAL}", beside=onnx_path, option="--onnx") as tmp:
         staged = Path(tmp) / onnx_path.name
-        external = proto.ByteSize() > MAX_PROTO_BYTES
+        external = _needs_external_data(proto)
         if external:
             onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
@@ -446,46 +437,27 @@ def _save_atomically(proto, onnx_path: Path) -> None:
         onnx_path.with_name(data_name).unlink(missing_ok=True)
 
 
-def export_onnx(folder: str | os.PathLike, onnx_path: str | os.PathLike, *, force: bool = False, target: str = "op",
-                opset: int = DEFAULT_OPSET, copy_side_files: bool = True) -> OnnxExportResult:
-    """Export a bitconv folder to ONNX; see the module docstring for targets, inputs and outputs."""
+def _encoder_graph(folder: Path, reader: PackedReader, target: str, act_quant: bool, accuracy_level: int,
+                   opset: int) -> tuple[object, int, list[str], list[str]]:
+    """The traced encoder graph with its quantized products rewritten; (proto, n_replaced, inputs, outputs)."""
     import onnx
 
     from bitconv.quantize.modeling import load
 
-    _check_target(target)
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise ExportError(f"{folder}: not a folder; pass a bitconv output folder (bitconv convert ... --out DIR)")
-    config, reader = open_bitconv_folder(folder)
-    qc = config["quantization_config"]
-    onnx_path = Path(onnx_path).expanduser()
-    if onnx_path.suffix != ".onnx":
-        raise OutputError(f"{onnx_path}: the output name must end in .onnx")
-    check_output(onnx_path, force=force, inputs=[folder], option="--onnx", kind="file")
-    data_path = onnx_path.with_name(onnx_path.name + ".data")  # replaced or removed with the .onnx
-    if os.path.lexists(data_path):
-        check_output(data_path, force=force, inputs=[folder], option="--onnx", kind="file")
+    _check_supported(reader.specs, target, ("ternary",))
     quantized = _quantized_weights(reader)
-    _check_supported(quantized, target)
-    act_quant = qc.get("activations") == "int8"
-
     model = load(folder, dequantize=True)
-    kind = _model_kind(model)
-    model_type = model.config.model_type
     _eager_attention(model)
     if act_quant and target == "op":
         # the op quantizes its own input (act_quant=1): drop load()'s int8 pre-hooks so it is not done twice
         for module in model.modules():
             module._forward_pre_hooks.clear()
-
     with scratch_folder("bitconv-onnx-") as tmp:
         float_path = Path(tmp) / "float.onnx"
-        inputs, outputs = _export_float(model, kind, float_path, opset)
+        inputs, outputs = _export_encoder_float(model, float_path, opset)
         proto = onnx.load(str(float_path))
     del model
-
-    rewriter = _GraphRewriter(proto, quantized, target, act_quant)
+    rewriter = _GraphRewriter(proto, quantized, target, act_quant, accuracy_level)
     n_replaced = rewriter.run()
     missing = [q.name for q in quantized if q.name not in rewriter.found]
     if missing:
@@ -494,10 +466,51 @@ def export_onnx(folder: str | os.PathLike, onnx_path: str | os.PathLike, *, forc
     _compact_float_initializers(proto)
     _keep_float16_at_run_time(proto, half_matmul=target == "op")
     proto.ir_version = min(proto.ir_version, 9)
-    meta = {"bitconv.target": target, "bitconv.kind": kind, "bitconv.model_type": model_type,
+    return proto, n_replaced, inputs, outputs
+
+
+def export_onnx(folder: str | os.PathLike, onnx_path: str | os.PathLike, *, force: bool = False, target: str = "op",
+                opset: int = DEFAULT_OPSET, accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+                copy_side_files: bool = True) -> OnnxExportResult:
+    """Export a bitconv folder to ONNX; see the module docstring for targets, inputs, outputs and accuracy_level."""
+    _check_target(target)
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise OptionError(f"--accuracy-level {accuracy_level}: MatMulNBits takes one of "
+                          f"{', '.join(map(str, ACCURACY_LEVELS))} (4: int8 activations, the default)")
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ExportError(f"{folder}: not a folder; pass a bitconv output folder (bitconv convert ... --out DIR)")
+    folder_config, reader = open_bitconv_folder(folder)  # the strict reader: a hostile folder stops here
+    qc = folder_config["quantization_config"]
+    onnx_path = Path(onnx_path).expanduser()
+    if onnx_path.suffix != ".onnx":
+        raise OutputError(f"{onnx_path}: the output name must end in .onnx")
+    check_output(onnx_path, force=force, inputs=[folder], option="--onnx", kind="file")
+    data_path = onnx_path.with_name(onnx_path.name + ".data")  # replaced or removed with the .onnx
+    if os.path.lexists(data_path):
+        check_output(data_path, force=force, inputs=[folder], option="--onnx", kind="file")
+    act_quant = qc.get("activations") == "int8"
+    config = _folder_config(folder)
+    kind = _model_kind(config)
+    if kind == "decoder":
+        if opset < MIN_DECODER_OPSET:
+            raise OptionError(f"--opset {opset}: the decode graph needs opset {MIN_DECODER_OPSET} or newer")
+        _check_supported(reader.specs, target, ("ternary", "int8"))
+        graph = DecoderGraph(FolderTensors(folder, config), config, target, act_quant, accuracy_level, opset)
+        proto = graph.build(config.model_type)
+        n_replaced = graph.n_packed
+        cache = {"bitconv.kv_cache": IN_PLACE_CACHE}
+        inputs = [i.name for i in proto.graph.input]
+        outputs = [o.name for o in proto.graph.output]
+    else:
+        proto, n_replaced, inputs, outputs = _encoder_graph(folder, reader, target, act_quant, accuracy_level, opset)
+        cache = {}
+    meta = {"bitconv.target": target, "bitconv.kind": kind, "bitconv.model_type": config.model_type,
             "bitconv.quantization_config": json.dumps(qc, sort_keys=True),
             "bitconv.act_quant": str(int(act_quant)), "bitconv.inputs": json.dumps(inputs),
-            "bitconv.outputs": json.dumps(outputs)}
+            "bitconv.outputs": json.dumps(outputs), **cache}
+    if target == "matmulnbits":
+        meta["bitconv.accuracy_level"] = str(accuracy_level)
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(value)

@@ -18,6 +18,7 @@ from bitconv.errors import ExportError
 OP_DOMAIN = "bitconv"
 OP_TYPE = "TernaryMatMul"
 HALF_OP_TYPE = "HalfMatMul"
+INT8_OP_TYPE = "Int8MatMul"
 OP_DOMAIN_VERSION = 1
 PACKING_CODES = {"2bit": 0, "base3": 1}  # the op's `packing` attribute
 _LIBRARY_BASENAME = "_ternary_ops"
@@ -132,6 +133,25 @@ def ternary_matmul_model(K: int, N: int, initializers: dict[str, np.ndarray], *,
     return model.SerializeToString()
 
 
+def _one_node_model(op_type: str, weights: dict[str, np.ndarray], N: int, K: int,
+                    a_shape: Sequence[int | str] | None, opset: int, **attributes) -> bytes:
+    """Y = op_type(A, *weights) in the bitconv domain, serialized; A is [..., K] (default ["M", K]), Y [..., N]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    a_shape = list(a_shape) if a_shape is not None else ["M", K]
+    node = helper.make_node(op_type, ["A", *weights], ["Y"], domain=OP_DOMAIN, name=op_type.lower(), **attributes)
+    graph = helper.make_graph(
+        [node], op_type.lower(),
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, list(a_shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, list(a_shape[:-1]) + [N])],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid(OP_DOMAIN, OP_DOMAIN_VERSION)])
+    model.ir_version = min(model.ir_version, 9)
+    return model.SerializeToString()
+
+
 def half_matmul_model(w16: np.ndarray, *, a_shape: Sequence[int | str] | None = None, opset: int = 17) -> bytes:
     """A one-node model Y = HalfMatMul(A, W), serialized: W is `w16` [N, K] (float16, stored as given).
 
@@ -139,22 +159,21 @@ def half_matmul_model(w16: np.ndarray, *, a_shape: Sequence[int | str] | None = 
     exporter uses it for float16 embeddings / lm_head). The graph input is "A" with shape `a_shape` (default
     ["M", K]), the output "Y".
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     w16 = np.asarray(w16)
     if w16.ndim != 2:
         raise ExportError(f"HalfMatMul's weight must be a matrix [N, K], got shape {list(w16.shape)}")
-    N, K = (int(d) for d in w16.shape)
-    a_shape = list(a_shape) if a_shape is not None else ["M", K]
-    node = helper.make_node(HALF_OP_TYPE, ["A", "W"], ["Y"], domain=OP_DOMAIN, name="half_matmul")
-    graph = helper.make_graph(
-        [node], "half_matmul",
-        [helper.make_tensor_value_info("A", TensorProto.FLOAT, list(a_shape))],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, list(a_shape[:-1]) + [N])],
-        initializer=[numpy_helper.from_array(w16, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                    helper.make_opsetid(OP_DOMAIN, OP_DOMAIN_VERSION)])
-    model.ir_version = min(model.ir_version, 9)
-    return model.SerializeToString()
+    return _one_node_model(HALF_OP_TYPE, {"W": w16}, int(w16.shape[0]), int(w16.shape[1]), a_shape, opset)
 
+
+def int8_matmul_model(codes: np.ndarray, scale: np.ndarray, *, group_size: int = 0, bias: np.ndarray | None = None,
+                      a_shape: Sequence[int | str] | None = None, opset: int = 17) -> bytes:
+    """A one-node model Y = Int8MatMul(A, W, scale[, bias]), serialized: W is `codes` [N, K] (int8), `scale`
+    [N] or, with `group_size`, [N, ceil(K / group_size)]; arrays are stored as given, so tests can feed wrong
+    ones. The graph input is "A" with shape `a_shape` (default ["M", K]), the output "Y".
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ExportError(f"Int8MatMul's weight must be a matrix [N, K], got shape {list(codes.shape)}")
+    weights = {"W": codes, "scale": scale} | ({"bias": bias} if bias is not None else {})
+    return _one_node_model(INT8_OP_TYPE, weights, int(codes.shape[0]), int(codes.shape[1]), a_shape, opset,
+                           group_size=int(group_size))

@@ -23,8 +23,10 @@ from bitconv.format.vocab import (
     SUFFIX_OUTLIER_VAL,
     SUFFIX_SCALE,
     SUFFIX_ZERO,
+    category_of,
 )
 from bitconv.quantize.config import QuantConfig
+from bitconv.quantize.kinds import module_kind
 from bitconv.quantize.schemes import QuantizedWeight, decode, expand, quantize_activations_int8
 from bitconv.quantize.schemes import dequantize as dequantize_weight
 from bitconv.quantize.source import check_model_shapes, load_config, model_class_for, resolve_name
@@ -140,15 +142,18 @@ def load(path: str | os.PathLike, *, dequantize: bool = False, dtype: torch.dtyp
         arrays = reader.quantized_arrays(name)
         bias_name = mod_path + ".bias"
         bias = state.pop(bias_name, None) if bias_name in params else None
-        if dequantize:
+        # the activation mode belongs to the block projections; an int8 embedding or lm_head keeps float inputs
+        activations = "none" if category_of(name, module_kind(module)) == "embedding" else cfg.activations
+        # an embedding table is looked up, not multiplied: it is decoded once (a tied lm_head shares it)
+        if dequantize or isinstance(module, nn.Embedding):
             weight = dequantize_weight(decode(spec, arrays))
             state[target] = weight.t().contiguous() if spec.layout == "conv1d" else weight
             if bias is not None:
                 state[bias_name] = bias
-            if cfg.activations == "int8":
+            if activations == "int8":
                 module.register_forward_pre_hook(_quantize_input_hook)
         else:
-            _set_module(model, mod_path, PackedLinear(spec, arrays, bias, cfg.activations))
+            _set_module(model, mod_path, PackedLinear(spec, arrays, bias, activations))
             packed_modules.append(mod_path + ".")
     missing, unexpected = model.load_state_dict(state, strict=False)
     # old checkpoints carry buffers that newer transformers rebuild itself (non-persistent), e.g. position_ids

@@ -230,21 +230,59 @@ def dequantize(q: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.
     return w.to(dtype)
 
 
+def _ternary_roundtrip(w: torch.Tensor, cfg: QuantConfig, outlier_idx: torch.Tensor | None) -> torch.Tensor:
+    """dequantize(quantize(w)) for a ternary config with tensor operations only: no host synchronisation, so a
+    training step on a GPU never waits for it. The same arithmetic as `quantize` (tested equal); outlier indices
+    must be sorted and unique, as `quantize` makes them. Non-finite weights give non-finite outputs here
+    (the training loop checks its loss) instead of `quantize`'s error."""
+    w = w.to(torch.float32)
+    gran, gs = cfg.granularity, cfg.group_size
+    has_outliers = outlier_idx is not None and outlier_idx.numel() > 0
+    w_for_scale = w
+    if has_outliers:
+        w_for_scale = w.flatten().clone()
+        w_for_scale[outlier_idx] = math.nan
+        w_for_scale = w_for_scale.reshape(w.shape)
+    scale = _ternary_scale(w_for_scale, w_for_scale.abs(), gran, gs, cfg.scale_method, has_outliers)
+    full = expand(torch.nan_to_num(scale, nan=0.0), w.shape, gran, gs)
+    codes = torch.where(full > 0, (w / torch.where(full > 0, full, torch.ones_like(full))).round_().clamp_(-1, 1),
+                        torch.zeros_like(w))
+    out = codes * full
+    if has_outliers:
+        out = out.flatten()
+        out[outlier_idx] = w.flatten()[outlier_idx].to(torch.float16).to(torch.float32)
+        out = out.reshape(w.shape)
+    return out
+
+
+def roundtrip(weight: torch.Tensor, cfg: QuantConfig, outlier_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """The weight as the converted folder will compute with it: dequantize(quantize(weight)), in weight's dtype."""
+    if cfg.scheme == "ternary":
+        return _ternary_roundtrip(weight, cfg, outlier_idx).to(weight.dtype)
+    return dequantize(quantize(weight, cfg, outlier_idx=outlier_idx), weight.dtype)
+
+
 class _StraightThrough(torch.autograd.Function):
+    """lerp(w, q(w), blend) forward, identity backward: the straight-through estimator with a warm-up blend
+    (blend 1 gives q(w) exactly: torch.lerp returns its end point at weight 1)."""
+
     @staticmethod
-    def forward(ctx, w, cfg, outlier_idx):  # noqa: D401 - torch API
-        return dequantize(quantize(w, cfg, outlier_idx=outlier_idx), w.dtype)
+    def forward(ctx, w, blend, cfg, outlier_idx):  # noqa: D401 - torch API
+        q = roundtrip(w.detach(), cfg, outlier_idx)
+        return q if blend is None else torch.lerp(w.detach(), q, blend)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None, None
+        return grad, None, None, None
 
 
-def fake_quantize(weight: torch.Tensor, cfg: QuantConfig, outlier_idx: torch.Tensor | None = None) -> torch.Tensor:
-    """Quantize-dequantize in the forward pass, identity gradient (straight-through estimator)."""
+def fake_quantize(weight: torch.Tensor, cfg: QuantConfig, outlier_idx: torch.Tensor | None = None,
+                  blend: torch.Tensor | None = None) -> torch.Tensor:
+    """Quantize-dequantize in the forward pass, identity gradient (straight-through estimator); with `blend`
+    (a 0-d tensor, 0..1) the forward pass sees (1 - blend) * weight + blend * q(weight)."""
     if cfg.scheme == "fp16":
         return weight
-    return _StraightThrough.apply(weight, cfg, outlier_idx)
+    return _StraightThrough.apply(weight, blend, cfg, outlier_idx)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -57,15 +57,20 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
+def _index(text: str) -> int | str:
+    """Optimizer states are keyed by parameter number (plain state dicts) or name (sharded full state dicts)."""
+    return int(text) if text.isdigit() else text
+
+
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
-            index, key = name[len("optimizer."):].split(".", 1)
-            state.setdefault(int(index), {})[key] = value
+            index, key = name[len("optimizer."):].rsplit(".", 1)
+            state.setdefault(_index(index), {})[key] = value
     for name, value in meta["scalars"].items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
+        index, key = name.rsplit(".", 1)
+        state.setdefault(_index(index), {})[key] = value
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
 

@@ -18,6 +18,13 @@ TASKS = ("classify", "lm")
 PRECISIONS = ("fp32", "bf16")
 # widths the trainer can train towards, and the intermediate steps of a progressive schedule
 TRAINABLE_BITS = (1.58, 1.0, 2.0, 4.0, 8.0)
+# options left at None take their task's default: the recipes measured best (docs/recovery.md)
+TASK_DEFAULTS = {
+    "classify": {"distill": False, "distill_weight": 0.5, "temperature": 2.0, "batch_size": 32, "lr": 1e-4,
+                 "precision": "fp32"},
+    "lm": {"distill": True, "distill_weight": 1.0, "temperature": 1.0, "batch_size": 64, "lr": 1e-3,
+           "precision": "bf16"},
+}
 
 
 @dataclass(frozen=True)
@@ -28,10 +35,10 @@ class RecoverConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)  # what the folder stores, as `convert` takes it
     super_weights: int = 0  # how many super weights to find and keep in fp16 (0: none)
     # distillation from the full-precision teacher
-    distill: bool = False
+    distill: bool | None = None
     teacher: str | None = None  # fp fine-tuned classifier folder; None: fine-tune one first (classify)
-    temperature: float = 2.0
-    distill_weight: float = 0.5  # share of the KL term; the rest is the task loss
+    temperature: float | None = None
+    distill_weight: float | None = None  # share of the KL term; the rest is the task loss
     hidden_weight: float = 0.0  # weight of the hidden-state matching loss
     # quantization schedule
     quant_warmup_steps: int = 0  # blend w = (1 - lam) w + lam q(w), lam 0 -> 1 over these steps
@@ -40,18 +47,18 @@ class RecoverConfig:
     # optimisation
     steps: int | None = None
     epochs: float = 1.0
-    batch_size: int = 32
-    lr: float = 1e-4
+    batch_size: int | None = None
+    lr: float | None = None
     weight_decay: float = 0.0
     lr_warmup: float = 0.05  # fraction of steps
     init: str = "teacher"  # classify + distill: start the student from the teacher ("teacher") or the source
     teacher_epochs: float = 1.0
     teacher_lr: float = 5e-5
     max_length: int = 128  # classify: tokens per text
-    seq_len: int = 256  # lm: tokens per block
+    seq_len: int = 1024  # lm: tokens per block
     eval_fraction: float = 0.05  # lm without --eval: the held-out tail of the training text
     eval_tokens: int = 200_000  # lm: at most this many held-out tokens are scored
-    precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA)
+    precision: str | None = None  # fp32 | bf16 (autocast, CUDA only: CPU runs stay fp32)
     seed: int = 0
     text_column: str | None = None
     label_column: str | None = None
@@ -59,6 +66,9 @@ class RecoverConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise OptionError(f"unknown --task {self.task!r}: use classify or lm")
+        for name, value in TASK_DEFAULTS[self.task].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if not isinstance(self.quant, QuantConfig):
             raise OptionError(f"quant must be a QuantConfig, not {type(self.quant).__name__}")
         if self.quant.bits not in TRAINABLE_BITS:

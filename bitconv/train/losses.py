@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from bitconv.train.config import RecoverConfig
 
@@ -48,3 +49,99 @@ def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
     if step < warm:
         return (step + 1) / warm
     return max(0.0, (total - step) / max(1, total - warm))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the language-model head and its losses, chunked over tokens
+
+
+def _chunk_losses(s: torch.Tensor, t: torch.Tensor | None, target: torch.Tensor, temperature: float,
+                  distill_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, d loss / d logits) of one chunk of fp32 logits: (1 - w) * CE + w * T^2 * KL(teacher || student).
+    Terms of weight 0 are skipped, and at T = 1 the softmax serves both terms (each pass over a chunk reads
+    and writes tokens x vocabulary floats)."""
+    w, T = distill_weight, temperature
+    loss = torch.zeros((), dtype=torch.float32, device=s.device)
+    grad = None
+    log_p = torch.log_softmax(s, dim=-1)
+    if t is None or w < 1:
+        rows = torch.arange(len(target), device=s.device)
+        loss = loss + (1 - w) * -log_p[rows, target].sum()
+        grad = log_p.exp()
+        grad[rows, target] -= 1.0
+        if t is None:
+            return loss, grad
+        grad *= 1 - w
+    log_ps = log_p if T == 1 else torch.log_softmax(s / T, dim=-1)
+    log_pt = torch.log_softmax(t if T == 1 else t / T, dim=-1)
+    pt = log_pt.exp()
+    loss = loss + w * T * T * (pt * (log_pt - log_ps)).sum()
+    kd_grad = log_ps.exp_().sub_(pt).mul_(w * T)
+    return loss, kd_grad if grad is None else grad.add_(kd_grad)
+
+
+class _HeadLoss(torch.autograd.Function):
+    """The LM head and its loss in one pass over chunks of tokens: logits (bf16 or fp32 matmul, fp32 softmax)
+    exist for one chunk at a time and the gradients with respect to the hidden states and the head's weight
+    are computed on the way, so no [tokens, vocabulary] tensor is kept for the backward pass (the idea of
+    fused linear cross-entropy kernels such as Liger's, in plain torch)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, t_hidden, t_weight, t_bias, temperature, distill_weight,
+                chunk, dtype):
+        n = hidden.shape[0]
+        w = weight.detach().to(dtype)
+        b = bias.detach().float() if bias is not None else None
+        tw = t_weight.detach().to(dtype) if t_weight is not None else None
+        grad_h = torch.empty_like(hidden)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False), torch.no_grad():
+            for lo in range(0, n, chunk):
+                h = hidden[lo:lo + chunk].detach().to(dtype)
+                s = (h @ w.t()).float()
+                if b is not None:
+                    s = s + b
+                t = None
+                if t_hidden is not None:
+                    t = (t_hidden[lo:lo + chunk].to(dtype) @ tw.t()).float()
+                    if t_bias is not None:
+                        t = t + t_bias.float()
+                loss, g = _chunk_losses(s, t, target[lo:lo + chunk], temperature, distill_weight)
+                total += loss
+                g = (g / n).to(dtype)
+                grad_h[lo:lo + chunk] = (g @ w).to(grad_h.dtype)
+                grad_w += (g.t() @ h).float()
+                if grad_b is not None:
+                    grad_b += g.float().sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b if grad_b is not None else torch.empty(0))
+        ctx.has_bias = bias is not None
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        return (grad_h * grad_out, (grad_w * grad_out), (grad_b * grad_out) if ctx.has_bias else None,
+                None, None, None, None, None, None, None, None)
+
+
+def lm_head_loss(hidden: torch.Tensor, head: nn.Module, target: torch.Tensor, teacher_hidden: torch.Tensor | None = None,
+                 teacher_head: nn.Module | None = None, temperature: float = 1.0, distill_weight: float = 0.0,
+                 chunk: int = 8192, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Mean over tokens of (1 - w) * next-token CE + w * T^2 * KL(teacher || student), computed from the final
+    hidden states [tokens, hidden] and the heads (nn.Linear) without materialising the full logits."""
+    t_weight = teacher_head.weight if teacher_head is not None else None
+    t_bias = teacher_head.bias if teacher_head is not None else None
+    return _HeadLoss.apply(hidden, head.weight, head.bias, target, teacher_hidden, t_weight, t_bias, temperature,
+                           distill_weight if teacher_hidden is not None else 0.0, chunk, dtype)
+
+
+def logits_loss(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None,
+                temperature: float = 1.0, distill_weight: float = 0.0) -> torch.Tensor:
+    """The same loss from logits a model already computed (models whose head does more than a linear map,
+    and sharded training), through autograd."""
+    ce = F.cross_entropy(logits.float(), target)
+    if teacher_logits is None:
+        return ce
+    return (1 - distill_weight) * ce + distill_weight * distillation_kl(logits, teacher_logits, temperature)

@@ -12,19 +12,23 @@ bitconv.evaluate.metrics (the code `bitconv eval` runs).
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import torch
 from torch import nn
 
-from bitconv.errors import OutputError, SourceError
+from bitconv.data.tokens import TokenCache
+from bitconv.errors import OptionError, OutputError, SourceError
 from bitconv.format.atomic import check_output, staged_folder, write_json_atomic
 from bitconv.train import checkpoints, qat
 from bitconv.train.config import RecoverConfig
-from bitconv.train.runtime import Runtime, seed_everything, start_runtime, stop_runtime
-from bitconv.train.tasks import TASK_TYPES, steps_for
-from bitconv.train.trainer import Checkpointing, train_model
+from bitconv.train.runtime import Runtime, full_state_dicts, seed_everything, shard, start_runtime, stop_runtime
+from bitconv.train.tasks import TASK_TYPES, Context, steps_for
+from bitconv.train.trainer import Checkpointing, LoopOptions, compile_blocks, train_model
 
 
 @dataclass
@@ -34,20 +38,58 @@ class RecoverResult:
     timings: dict = field(default_factory=dict)  # wall clock and throughput per phase (not in the folder)
 
 
-def recover(source: str, out: str | Path, *, train: str | Path, eval: str | Path | None = None,
+def recover(source: str, out: str | Path, *, train: Sources = None, eval: Sources = None,
             config: RecoverConfig | None = None, device: str = "auto", checkpoint_dir: str | Path | None = None,
-            resume: bool = False, force: bool = False, save_every: int = 500, progress: bool = True) -> RecoverResult:
+            resume: bool = False, force: bool = False, save_every: int = 500, progress: bool = True,
+            log_every: int = 10, compile: bool | None = None, fsdp: bool = False,
+            cache_dir: str | Path | None = None, say: Callable[[str], None] | None = None) -> RecoverResult:
     """Train a quantized model back to accuracy and write it as a bitconv folder at `out`.
 
-    Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes the folder and gets the
-    metrics, the others return an empty result.
+    `train` and `eval` are one source or a list (bitconv.data.sources: files, folders, globs, `hf:` datasets,
+    `teacher:N`); a language model without `train` learns from text it writes itself. `compile` (default: on
+    with CUDA) compiles the transformer blocks; `fsdp` shards the model over the torchrun processes (FSDP2)
+    instead of replicating it. Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes the
+    folder and gets the metrics, the others return an empty result.
     """
     rt = start_runtime(device)
+    say = say or (lambda text: print(text, file=sys.stderr))
     try:
-        return _recover(str(source), Path(out), Path(train), Path(eval) if eval is not None else None,
-                        config or RecoverConfig(), rt, checkpoint_dir, resume, force, save_every, progress)
+        run = Run(str(source), Path(out), _as_list(train), _as_list(eval), config or RecoverConfig(), rt,
+                  checkpoint_dir, resume, force, save_every,
+                  LoopOptions(log_every, rt.device.type == "cuda" if compile is None else compile, fsdp, progress),
+                  cache_dir, say if rt.main else (lambda text: None))
+        if fsdp and rt.world == 1:
+            raise OptionError("--fsdp shards the model over several processes: start them with torchrun "
+                              "--nproc_per_node N")
+        return _recover(run)
     finally:
         stop_runtime(rt)
+
+
+Sources = str | Path | list | tuple | None
+
+
+def _as_list(sources: Sources) -> list:
+    if sources is None:
+        return []
+    return [str(s) for s in sources] if isinstance(sources, (list, tuple)) else [str(sources)]
+
+
+@dataclass
+class Run:
+    source: str
+    out: Path
+    train: list
+    eval: list
+    cfg: RecoverConfig
+    rt: Runtime
+    checkpoint_dir: str | Path | None
+    resume: bool
+    force: bool
+    save_every: int
+    loop: LoopOptions
+    cache_dir: str | Path | None
+    say: Callable[[str], None]
 
 
 def source_name(source: str) -> str:
@@ -77,37 +119,41 @@ def tokenizer_for(source: str):
     return tok
 
 
-def _recover(source: str, out: Path, train_path: Path, eval_path: Path | None, cfg: RecoverConfig, rt: Runtime,
-             checkpoint_dir, resume: bool, force: bool, save_every: int, progress: bool) -> RecoverResult:
-    inputs = [p for p in (Path(source).expanduser(), train_path, eval_path) if p is not None and p.exists()]
-    out = check_output(out, force=force, inputs=inputs)
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out.with_name(out.name + ".ckpt")
-    if checkpoints.exists(ckpt_dir) and not resume and not force:
+def _recover(run: Run) -> RecoverResult:
+    cfg, rt, source = run.cfg, run.rt, run.source
+    local = [Path(p).expanduser() for p in [source, *run.train, *run.eval]]
+    out = check_output(run.out, force=run.force, inputs=[p for p in local if p.exists()])
+    ckpt_dir = Path(run.checkpoint_dir) if run.checkpoint_dir is not None else out.with_name(out.name + ".ckpt")
+    if checkpoints.exists(ckpt_dir) and not run.resume and not run.force:
         raise OutputError(f"{ckpt_dir} holds a checkpoint from an earlier run; pass --resume to continue it or "
                           "--force to start afresh")
-    if force and not resume:
+    if run.force and not run.resume:
         (ckpt_dir / checkpoints.LEGACY_PICKLE).unlink(missing_ok=True)  # bitconv's own, never loaded
     _refuse_packed(source)
     seed_everything(cfg.seed)
     tok = tokenizer_for(source)
-    task = TASK_TYPES[cfg.task].prepare(cfg, tok, train_path, eval_path)
+    cache = TokenCache(run.cache_dir) if cfg.task == "lm" else None
+    ctx = Context(source, rt, cache, run.loop.progress and rt.main, run.say)
+    if not rt.main:
+        rt.barrier()  # rank 0 tokenizes and generates first; the others then read its cache
+    task = TASK_TYPES[cfg.task].prepare(cfg, tok, run.train, run.eval, ctx)
+    if rt.main:
+        rt.barrier()
     fp = checkpoints.fingerprint(cfg.to_dict(), source, task.data, rt.world)
-    resume_state = checkpoints.load_checkpoint(ckpt_dir, fp) if resume and checkpoints.exists(ckpt_dir) else None
+    resume_state = checkpoints.load_checkpoint(ckpt_dir, fp) if run.resume and checkpoints.exists(ckpt_dir) else None
     log: list[dict] = []
     timings: dict = {}
     metrics: dict = {"task": cfg.task, "source": source, **task.described}
-
-    def evaluate(model: nn.Module) -> dict:
-        return task.evaluate(model, source)
+    evaluate = task.evaluate
 
     def fine_tune(model: nn.Module, steps: int, lr: float, label: str) -> None:
-        st = train_model(model, task, cfg=cfg, rt=rt, total_steps=steps, lr=lr, progress=progress, label=label, log=log)
+        st = train_model(model, task, cfg=cfg, rt=rt, total_steps=steps, lr=lr, loop=run.loop, label=label, log=log)
         timings[label] = {"seconds": round(st.seconds, 1), task.unit + "_per_s": round(st.rate, 1)}
 
     model = task.load_model(source).to(rt.device)
     teacher = None
     if cfg.distill or cfg.teacher:
-        teacher = task.teacher(source, rt, ckpt_dir, fp, fine_tune)
+        teacher = task.teacher(ckpt_dir, fp, fine_tune)
         teacher.eval().requires_grad_(False)
         metrics["teacher"] = evaluate(teacher)
         task.start_student(model, teacher)
@@ -115,6 +161,8 @@ def _recover(source: str, out: Path, train_path: Path, eval_path: Path | None, c
             teacher = None  # a teacher given only to start from
     if task.name == "lm":
         metrics["original"] = metrics.get("teacher") or evaluate(model)
+    if teacher is not None and cfg.precision == "bf16" and rt.device.type == "cuda":
+        teacher = teacher.to(torch.bfloat16)  # measured above in full precision; it only runs forward from here
     qcfg = cfg.quant_config()
     names = qat.quantized_weight_names(model, qcfg)
     outliers = {}
@@ -130,10 +178,16 @@ def _recover(source: str, out: Path, train_path: Path, eval_path: Path | None, c
     metrics["n_quantized_tensors"] = len(names)
     metrics["before"] = evaluate(model)
     total = steps_for(cfg, task.n_items, rt.world)
+    if run.loop.sharded:
+        shard(model)
+    if run.loop.compile:
+        compile_blocks(model)
+        if teacher is not None:
+            compile_blocks(teacher)
     if rt.main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     state = train_model(model, task, cfg=cfg, rt=rt, total_steps=total, lr=cfg.lr, teacher=teacher, attached=attached,
-                        saving=Checkpointing(ckpt_dir, fp, save_every), resume=resume_state, progress=progress,
+                        saving=Checkpointing(ckpt_dir, fp, run.save_every), resume=resume_state, loop=run.loop,
                         log=log)
     timings["recover"] = {"seconds": round(state.seconds, 1), task.unit + "_per_s": round(state.rate, 1),
                           "device": str(rt.device), "world_size": rt.world}
@@ -142,9 +196,15 @@ def _recover(source: str, out: Path, train_path: Path, eval_path: Path | None, c
     metrics["steps"] = state.step
     metrics["batch_size"] = cfg.batch_size * rt.world
     metrics["train_" + task.unit] = state.tokens
+    if run.loop.sharded:  # whole tensors, gathered by every process, kept by rank 0 in a plain model
+        full, _ = full_state_dicts(model)
+        model = task.load_model(source) if rt.main else None
+        if model is not None:
+            model.load_state_dict(full)
+    else:
+        qat.detach(model, attached)
     rt.barrier()
     if rt.main:
-        qat.detach(model, attached)
         write_folder(model, tok, task, source, out, cfg, outliers, metrics, log, rt)
     return RecoverResult(out, metrics if rt.main else {}, timings)
 
@@ -168,7 +228,7 @@ def write_folder(model: nn.Module, tok, task, source: str, out: Path, cfg: Recov
         with staged_folder(out) as staged:
             convert(str(latent), staged, cfg.quant, force=True, progress=False,
                     outliers={name: idx.cpu().tolist() for name, idx in outliers.items()} or None)
-            metrics["converted"] = task.evaluate(load(staged).to(rt.device), str(out))
+            metrics["converted"] = task.evaluate(load(staged).to(rt.device))
             card = staged / "README.md"
             card.write_text(card.read_text() + recovery_card(source_name(source), cfg.distill, metrics))
             write_json_atomic(staged / "recovery.json", {"recipe": cfg.to_dict(), "metrics": metrics, "log": log})

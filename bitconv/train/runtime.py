@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from bitconv.errors import OptionError
+from bitconv.errors import OptionError, TrainingError
 
 
 @dataclass
@@ -94,3 +95,43 @@ def autocast(precision: str, device: torch.device):
     if precision == "bf16" and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sharded data parallel (FSDP2)
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a transformers model (the classes it names in `_no_split_modules`)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def shard(model: nn.Module) -> None:
+    """FSDP2 (`fully_shard`): each transformer block its own unit, the rest (embeddings, head) in the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = transformer_blocks(model)
+    if not blocks:
+        raise TrainingError(f"--fsdp cannot wrap a {type(model).__name__}: it names no transformer block class "
+                            "(_no_split_modules) to shard by; train it without --fsdp (data parallel)")
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def full_state_dicts(model: nn.Module, opt: torch.optim.Optimizer | None = None) -> tuple[dict, dict | None]:
+    """Whole tensors on the CPU of a sharded model (and optimizer): a collective call, every process makes it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if opt is None:
+        return get_model_state_dict(model, options=options), None
+    return get_state_dict(model, opt, options=options)
+
+
+def load_full_state_dicts(model: nn.Module, opt: torch.optim.Optimizer, model_state: dict, opt_state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=opt_state,
+                   options=StateDictOptions(full_state_dict=True))

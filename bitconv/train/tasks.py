@@ -1,34 +1,55 @@
-"""What is trained: a task object owns its data, the model head it needs, the batch -> loss step, its teacher and
-its evaluation (through bitconv.evaluate.metrics, the code `bitconv eval` runs, so recovery.json and
+"""What is trained: a task object owns its data, the model head it needs, the batch -> loss module, its teacher
+and its evaluation (through bitconv.evaluate.metrics, the code `bitconv eval` runs, so recovery.json and
 `bitconv eval` give the same number for the same model and data).
 
     ClassifyTask   labelled texts; a sequence-classification head (added where the source has none);
                    cross-entropy on the label; the teacher is a copy fine-tuned on the task
-    LMTask         text packed into blocks; the causal LM head; next-token cross-entropy; the teacher is the
-                   original model
+    LMTask         text from any sources (bitconv.data), packed into blocks; the causal LM head; next-token
+                   cross-entropy and KL to the teacher, computed chunk by chunk from the final hidden states;
+                   the teacher is the original model, which can also write the training text (teacher:N)
 
 The trainer (bitconv.train.trainer) and the pipeline (bitconv.train.pipeline) only call the methods below.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bitconv.data.files import Examples, TextSlice, read_examples, text_slice
+from bitconv.data.sources import Documents, SourceSpec, documents, joined_text, parse_source
+from bitconv.data.tokens import TokenBlocks, TokenCache, mix, token_stream
+from bitconv.errors import DataError, OptionError
 from bitconv.evaluate import metrics
 from bitconv.evaluate.backends import module_backend
 from bitconv.train.config import RecoverConfig
-from bitconv.train.data import class_ids, label_names, read_labelled, read_training_text, token_blocks
-from bitconv.train.losses import distillation_kl, hidden_state_loss
+from bitconv.train.data import class_ids, label_names, read_labelled
+from bitconv.train.losses import distillation_kl, hidden_state_loss, lm_head_loss, logits_loss
 from bitconv.train.runtime import Runtime, autocast
 
 EVAL_BATCH = {"classify": 128, "lm": 8}
+DEFAULT_TRAIN = "teacher:20M"  # `recover MODEL --task lm` without --train: text the model writes itself
+HEAD_CHUNK = 8192  # tokens per chunk of the LM head's loss
+
+
+@dataclass
+class Context:
+    """What preparing data needs besides the options: the source model, processes, the token cache, output."""
+
+    source: str
+    rt: Runtime
+    cache: TokenCache | None = None
+    progress: bool = True
+    say: Callable[[str], None] = print
 
 
 @contextmanager
@@ -45,16 +66,6 @@ def _quiet_transformers():
         hf_logging.set_verbosity(verbosity)
 
 
-def _distilled(out, t_out, task_loss: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-               cfg: RecoverConfig, mask: torch.Tensor | None) -> torch.Tensor:
-    """The task loss mixed with the KL to the teacher (and hidden-state matching, when asked)."""
-    kd = distillation_kl(student_logits, teacher_logits, cfg.temperature)
-    loss = cfg.distill_weight * kd + (1 - cfg.distill_weight) * task_loss
-    if cfg.hidden_weight > 0:
-        loss = loss + cfg.hidden_weight * hidden_state_loss(out.hidden_states, t_out.hidden_states, mask)
-    return loss
-
-
 def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     n = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
@@ -65,16 +76,55 @@ def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
     return ids, mask
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without making the host wait (pinned memory, asynchronous copy)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _single_source(paths: list, what: str) -> Path | None:
+    if len(paths) > 1:
+        raise OptionError(f"--task classify takes one {what} file, not {len(paths)}")
+    return Path(paths[0]) if paths else None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # classification
+
+
+class ClassifyLoss(nn.Module):
+    """Cross-entropy on the label, mixed with the KL to the teacher's logits (and hidden states) when distilling."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module | None, cfg: RecoverConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.__dict__["teacher"] = teacher  # not a submodule: never trained, wrapped or sharded
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cfg, teacher = self.cfg, self.teacher
+        hidden = teacher is not None and cfg.hidden_weight > 0
+        with autocast(cfg.precision, input_ids.device):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+            loss = F.cross_entropy(out.logits.float(), labels)
+            if teacher is None:
+                return loss
+            with torch.no_grad():
+                t_out = teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+            kd = distillation_kl(out.logits, t_out.logits, cfg.temperature)
+            loss = cfg.distill_weight * kd + (1 - cfg.distill_weight) * loss
+            if hidden:
+                loss = loss + cfg.hidden_weight * hidden_state_loss(out.hidden_states, t_out.hidden_states,
+                                                                     attention_mask)
+        return loss
 
 
 class ClassifyTask:
     name = "classify"
     unit = "samples"
 
-    def __init__(self, cfg: RecoverConfig, tokenizer, train: Examples, eval_examples: Examples):
-        self.cfg, self.tokenizer = cfg, tokenizer
+    def __init__(self, cfg: RecoverConfig, tokenizer, train: Examples, eval_examples: Examples, ctx: Context):
+        self.cfg, self.tokenizer, self.ctx = cfg, tokenizer, ctx
         self.labels = label_names(train)
         self.train_ids = tokenizer(train.texts, truncation=True, max_length=cfg.max_length)["input_ids"]
         self.train_y = torch.tensor(class_ids(train, self.labels))
@@ -83,16 +133,17 @@ class ClassifyTask:
         self.described = {"train": train.path, "eval": eval_examples.path}
 
     @classmethod
-    def prepare(cls, cfg: RecoverConfig, tokenizer, train: Path, eval_path: Path | None) -> "ClassifyTask":
-        from bitconv.errors import DataError
-
-        data = read_labelled(train, cfg.text_column, cfg.label_column)
+    def prepare(cls, cfg: RecoverConfig, tokenizer, train: list, eval_sources: list, ctx: Context) -> "ClassifyTask":
+        train_path, eval_path = _single_source(train, "--train"), _single_source(eval_sources, "--eval")
+        if train_path is None:
+            raise DataError("--task classify needs --train FILE (text<TAB>label rows)")
+        data = read_labelled(train_path, cfg.text_column, cfg.label_column)
         if eval_path is None:
             raise DataError("--task classify needs --eval FILE (held-out text<TAB>label rows) to measure accuracy")
         # scored as `bitconv eval` scores it (texts as written); checked against the training labels now
         held_out = read_examples(eval_path, cfg.text_column, cfg.label_column)
         class_ids(read_labelled(eval_path, cfg.text_column, cfg.label_column), label_names(data))
-        return cls(cfg, tokenizer, data, held_out)
+        return cls(cfg, tokenizer, data, held_out, ctx)
 
     @property
     def n_items(self) -> int:
@@ -111,21 +162,22 @@ class ClassifyTask:
             model.config.pad_token_id = self.tokenizer.pad_token_id or 0
         return model
 
-    def teacher(self, source: str, rt: Runtime, ckpt_dir: Path, fingerprint: dict,
-                fine_tune: Callable[[nn.Module, int, float, str], None]) -> nn.Module:
+    def teacher(self, ckpt_dir: Path, fingerprint: dict, fine_tune: Callable[[nn.Module, int, float, str], None]
+                ) -> nn.Module:
         """A given fp fine-tuned folder, the one fine-tuned by an earlier run with the same fingerprint, or a copy
         of the source fine-tuned here now (and kept in CKPT/teacher for the next run)."""
         import json
 
         from bitconv.format.atomic import write_json_atomic
 
+        rt = self.ctx.rt
         if self.cfg.teacher:
             return self.load_model(self.cfg.teacher).to(rt.device)
         folder = ckpt_dir / "teacher"
         marker = folder / "teacher.json"
         if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
             return self.load_model(str(folder)).to(rt.device)
-        teacher = self.load_model(source).to(rt.device)
+        teacher = self.load_model(self.ctx.source).to(rt.device)
         steps = steps_for(self.cfg, self.n_items, rt.world, epochs=self.cfg.teacher_epochs)
         fine_tune(teacher, steps, self.cfg.teacher_lr, "teacher (fp)")
         if rt.main:
@@ -138,24 +190,21 @@ class ClassifyTask:
         if self.cfg.init == "teacher":
             student.load_state_dict(teacher.state_dict())
 
-    def loss(self, model: nn.Module, teacher: nn.Module | None, idx: torch.Tensor,
-             device: torch.device) -> tuple[torch.Tensor, int]:
+    def loss_module(self, model: nn.Module, teacher: nn.Module | None, sharded: bool = False) -> nn.Module:
+        return ClassifyLoss(model, teacher, self.cfg)
+
+    def batch(self, idx: torch.Tensor, device: torch.device) -> dict:
         ids, mask = _pad([self.train_ids[i] for i in idx.tolist()], self.tokenizer.pad_token_id)
-        ids, mask, y = ids.to(device), mask.to(device), self.train_y[idx].to(device)
-        hidden = teacher is not None and self.cfg.hidden_weight > 0
-        with autocast(self.cfg.precision, device):
-            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=hidden)
-            loss = F.cross_entropy(out.logits.float(), y)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=hidden)
-                loss = _distilled(out, t_out, loss, out.logits, t_out.logits, self.cfg, mask)
-        return loss, ids.shape[0]
+        return {"input_ids": to_device(ids, device), "attention_mask": to_device(mask, device),
+                "labels": to_device(self.train_y[idx], device)}
+
+    def batch_items(self, batch: dict) -> int:
+        return batch["input_ids"].shape[0]
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, source: str) -> dict:
+    def evaluate(self, model: nn.Module) -> dict:
         model.eval()
-        backend = module_backend(model, self.tokenizer, source)
+        backend = module_backend(model, self.tokenizer, self.ctx.source)
         return metrics.classify(backend, self.eval_examples, batch_size=EVAL_BATCH["classify"], progress=False)
 
     def calibration_batches(self, device: torch.device, n_batches: int = 8, batch_size: int = 16) -> list[dict]:
@@ -171,47 +220,99 @@ class ClassifyTask:
 # language modelling
 
 
-def _tokenize_long(tokenizer, text: str) -> list[int]:
-    ids: list[int] = []
-    lines = text.splitlines(keepends=True)
-    for i in range(0, len(lines), 2000):  # chunks keep the tokenizer's max-length warning quiet and memory flat
-        ids.extend(tokenizer("".join(lines[i : i + 2000]), add_special_tokens=False, verbose=False)["input_ids"])
-    return ids
+def fused_head_supported(model: nn.Module) -> bool:
+    """True when the model's logits are exactly head(final hidden state): a linear output embedding and no
+    logit soft-capping or scaling (Gemma, Cohere, Granite do more, and keep the plain path)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = model.config
+    extra = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+    return isinstance(head, nn.Linear) and all(getattr(config, k, None) in (None, 1, 1.0) for k in extra)
+
+
+class LMLoss(nn.Module):
+    """(1 - w) * next-token CE + w * T^2 * KL(teacher || student) over the block's positions (+ hidden states).
+
+    Where the head allows it, the loss is computed from the final hidden states chunk by chunk (no full-vocabulary
+    logits kept for the backward pass); under FSDP, and for heads that do more than a linear map, it is computed
+    from the model's logits."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module | None, cfg: RecoverConfig, fused: bool):
+        super().__init__()
+        self.model, self.cfg, self.fused = model, cfg, fused
+        self.__dict__["teacher"] = teacher  # not a submodule: never trained, wrapped or sharded
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        cfg, teacher = self.cfg, self.teacher
+        hidden = teacher is not None and cfg.hidden_weight > 0
+        target = input_ids[:, 1:].reshape(-1)
+        w = cfg.distill_weight if teacher is not None else 0.0
+        with autocast(cfg.precision, input_ids.device):
+            t_out = None
+            if self.fused:
+                out = self.model.base_model(input_ids=input_ids, output_hidden_states=hidden)
+                h = out.last_hidden_state[:, :-1].reshape(-1, out.last_hidden_state.shape[-1])
+                t_h = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_out = teacher.base_model(input_ids=input_ids, output_hidden_states=hidden)
+                        t_h = t_out.last_hidden_state[:, :-1].reshape(-1, t_out.last_hidden_state.shape[-1])
+                on_gpu_bf16 = cfg.precision == "bf16" and input_ids.device.type == "cuda"
+                loss = lm_head_loss(h, self.model.get_output_embeddings(), target, t_h,
+                                    teacher.get_output_embeddings() if teacher is not None else None,
+                                    cfg.temperature, w, HEAD_CHUNK, torch.bfloat16 if on_gpu_bf16 else torch.float32)
+            else:
+                out = self.model(input_ids=input_ids, output_hidden_states=hidden)
+                vocab = out.logits.shape[-1]
+                t_logits = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_out = teacher(input_ids=input_ids, output_hidden_states=hidden)
+                    t_logits = t_out.logits[:, :-1].reshape(-1, vocab)
+                loss = logits_loss(out.logits[:, :-1].reshape(-1, vocab), target, t_logits, cfg.temperature, w)
+            if hidden:
+                loss = loss + cfg.hidden_weight * hidden_state_loss(out.hidden_states, t_out.hidden_states, None)
+        return loss
+
+
+@dataclass
+class EvalSet:
+    """A held-out set: text (scored exactly as `bitconv eval` scores it) or a token stream."""
+
+    name: str
+    text: TextSlice | None = None
+    ids: np.ndarray | None = None
+    key: str = ""
+
+
+@dataclass
+class _Streams:
+    streams: list[np.ndarray] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    weights: list[float | None] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+
+
+def _plain_text_file(spec: SourceSpec) -> Path | None:
+    """The file itself when a source is one plain-text file (held out and scored as `bitconv eval` does)."""
+    path = Path(spec.target).expanduser()
+    if spec.kind == "files" and path.is_file() and path.suffix.lower() not in (".jsonl", ".parquet", ".csv", ".tsv"):
+        return path
+    return None
 
 
 class LMTask:
     name = "lm"
     unit = "tokens"
 
-    def __init__(self, cfg: RecoverConfig, tokenizer, train_blocks: torch.Tensor, eval_slice: TextSlice,
-                 data: dict, described: dict):
-        self.cfg, self.tokenizer = cfg, tokenizer
-        self.train_blocks = train_blocks
-        self.eval_slice = eval_slice
-        self.data, self.described = data, described
+    def __init__(self, cfg: RecoverConfig, tokenizer, ctx: Context):
+        self.cfg, self.tokenizer, self.ctx = cfg, tokenizer, ctx
+        self._original: nn.Module | None = None
+        self.blocks: TokenBlocks | None = None
+        self.eval_sets: list[EvalSet] = []
+        self.data: dict = {}
+        self.described: dict = {}
 
-    @classmethod
-    def prepare(cls, cfg: RecoverConfig, tokenizer, train: Path, eval_path: Path | None) -> "LMTask":
-        """Training text in blocks of --seq-len tokens; held out: --eval, or the tail of the training file
-        (--eval-fraction, cut at a line start as `bitconv eval --start-fraction` cuts it)."""
-        if eval_path is not None:
-            text, train_sha = read_training_text(train)
-            held_out = text_slice(eval_path)
-            described = {"train": str(train), "eval": str(eval_path)}
-            eval_sha = held_out.file_sha256
-        else:
-            cut = 1 - cfg.eval_fraction
-            head = text_slice(train, 0.0, cut)
-            text, train_sha = head.text.replace("\r\n", "\n").replace("\r", "\n"), head.file_sha256
-            held_out = text_slice(train, cut, 1.0)
-            described = {"train": f"{train} (first {cut:.0%})", "eval": f"{train} (last {cfg.eval_fraction:.0%})"}
-            eval_sha = None
-        blocks = token_blocks(_tokenize_long(tokenizer, text), cfg.seq_len, train)
-        return cls(cfg, tokenizer, blocks, held_out, {"train": train_sha, "eval": eval_sha}, described)
-
-    @property
-    def n_items(self) -> int:
-        return self.train_blocks.shape[0]
+    # -- the original model: teacher, and writer of teacher:N data
 
     def load_model(self, source: str) -> nn.Module:
         from transformers import AutoModelForCausalLM
@@ -221,37 +322,139 @@ class LMTask:
         with _quiet_transformers():
             return load_original(source, model_class=AutoModelForCausalLM)
 
-    def teacher(self, source: str, rt: Runtime, ckpt_dir: Path, fingerprint: dict,
-                fine_tune: Callable[[nn.Module, int, float, str], None]) -> nn.Module:
-        return self.load_model(source).to(rt.device)
+    def original(self) -> nn.Module:
+        if self._original is None:
+            self._original = self.load_model(self.ctx.source).to(self.ctx.rt.device)
+        return self._original
+
+    def teacher(self, ckpt_dir: Path, fingerprint: dict, fine_tune) -> nn.Module:
+        return self.original()
 
     def start_student(self, student: nn.Module, teacher: nn.Module) -> None:
         """The student is the original model already."""
 
-    def loss(self, model: nn.Module, teacher: nn.Module | None, idx: torch.Tensor,
-             device: torch.device) -> tuple[torch.Tensor, int]:
-        ids = self.train_blocks[idx].to(device)
-        hidden = teacher is not None and self.cfg.hidden_weight > 0
-        with autocast(self.cfg.precision, device):
-            out = model(input_ids=ids, output_hidden_states=hidden)
-            vocab = out.logits.shape[-1]
-            loss = F.cross_entropy(out.logits[:, :-1].float().reshape(-1, vocab), ids[:, 1:].reshape(-1))
-            if teacher is not None:
-                with torch.no_grad():
-                    t_out = teacher(input_ids=ids, output_hidden_states=hidden)
-                loss = _distilled(out, t_out, loss, out.logits.reshape(-1, vocab), t_out.logits.reshape(-1, vocab),
-                                  self.cfg, None)
-        return loss, ids.numel()
+    # -- data
+
+    def _generated(self, spec: SourceSpec, seed: int) -> tuple[np.ndarray, str]:
+        from bitconv.data.synth import SynthOptions, generate_stream, model_key
+
+        opts = SynthOptions.from_spec(spec, self.cfg.seq_len, seed)
+        key = model_key(self.ctx.source)
+        stream = generate_stream(self.original(), self.tokenizer, key, opts, self.ctx.cache, self.ctx.rt.device,
+                                 self.ctx.progress, self.ctx.say)
+        return stream, hashlib.sha256(f"{key}\0{opts}".encode()).hexdigest()
+
+    def _stream(self, spec: SourceSpec, docs: Documents | None = None) -> tuple[np.ndarray, str]:
+        if spec.kind == "teacher":
+            return self._generated(spec, self.cfg.seed)
+        docs = docs or documents(spec, self.cfg.text_column)
+        return token_stream(docs, self.tokenizer, self.ctx.cache, self.ctx.progress), docs.key
+
+    @classmethod
+    def prepare(cls, cfg: RecoverConfig, tokenizer, train: list, eval_sources: list, ctx: Context) -> "LMTask":
+        task = cls(cfg, tokenizer, ctx)
+        specs = [parse_source(str(s)) for s in train]
+        if not specs:
+            specs = [parse_source(DEFAULT_TRAIN)]
+            ctx.say(f"no --train given: recovering on text the original model writes itself (--train {DEFAULT_TRAIN}); "
+                    "pass --train FILE, FOLDER or hf:NAME to use your own text")
+        weights = [spec.weight for spec in specs]  # checked before anything is read or generated
+        eval_specs = [parse_source(str(s)) for s in eval_sources]
+        held_text = _plain_text_file(specs[0]) if len(specs) == 1 and not eval_specs else None
+        got = _Streams()
+        for n, spec in enumerate(specs):
+            if n == 0 and held_text is not None:
+                stream, key = task._head_of_text_file(held_text)
+            else:
+                stream, key = task._stream(spec)
+            got.streams.append(stream)
+            got.names.append(spec.text)
+            got.weights.append(weights[n])
+            got.keys.append(key)
+        if not eval_specs and held_text is None:
+            task._hold_out_tail(got)
+        for spec in eval_specs:
+            task.eval_sets.append(task._eval_set(spec))
+        task.blocks = mix(got.streams, got.names, got.weights, cfg.seq_len, cfg.seed)
+        task.data = {"train": got.keys, "weights": got.weights, "eval": [e.key for e in task.eval_sets]}
+        task.described = {"train": got.names, "eval": [e.name for e in task.eval_sets]}
+        return task
+
+    def _head_of_text_file(self, path: Path) -> tuple[np.ndarray, str]:
+        """One text file and no --eval: train on its head, hold out its tail (--eval-fraction, cut at a line start
+        as `bitconv eval --start-fraction` cuts it)."""
+        cut = 1 - self.cfg.eval_fraction
+        head = text_slice(path, 0.0, cut)
+        text = head.text.replace("\r\n", "\n").replace("\r", "\n")
+        key = hashlib.sha256(f"head\0{head.file_sha256}\0{head.end_char}".encode()).hexdigest()
+        docs = Documents(f"{path} (first {cut:.0%})", key, lambda: iter([text]))
+        tail = text_slice(path, cut, 1.0)
+        self.eval_sets.append(EvalSet(f"{path} (last {self.cfg.eval_fraction:.0%})", text=tail, key=key))
+        return token_stream(docs, self.tokenizer, self.ctx.cache, self.ctx.progress), key
+
+    def _hold_out_tail(self, got: _Streams) -> None:
+        """No --eval: the last blocks of the first source (--eval-fraction of it, at most --eval-tokens) are held
+        out, never trained on."""
+        seq = self.cfg.seq_len
+        stream = got.streams[0]
+        n = stream.size // seq
+        hold = min(max(1, round(n * self.cfg.eval_fraction)), max(1, math.ceil(self.cfg.eval_tokens / seq)))
+        if n - hold < 1:
+            raise DataError(f"{got.names[0]}: {stream.size} tokens, too few for a training block and a held-out one "
+                            f"of --seq-len {seq}; use more data or pass --eval")
+        cut = (n - hold) * seq
+        got.streams[0] = stream[:cut]
+        self.eval_sets.append(EvalSet(f"{got.names[0]} (held-out last {hold * seq:,} tokens)",
+                                      ids=np.asarray(stream[cut:cut + hold * seq]), key=f"{got.keys[0]}:tail{hold}"))
+
+    def _eval_set(self, spec: SourceSpec) -> EvalSet:
+        if spec.kind == "teacher":  # other samples than the training ones: the next seed
+            stream, key = self._generated(spec, self.cfg.seed + 1)
+            return EvalSet(spec.text, ids=np.asarray(stream[: self.cfg.eval_tokens]), key=key)
+        path = _plain_text_file(spec)
+        if path is not None:
+            slice_ = text_slice(path)
+            return EvalSet(spec.text, text=slice_, key=slice_.file_sha256)
+        docs = documents(spec, self.cfg.text_column)
+        text = joined_text(docs)
+        return EvalSet(spec.text, text=TextSlice(spec.text, text, 0, len(text), len(text), docs.key), key=docs.key)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.blocks)
+
+    # -- training and evaluation
+
+    def loss_module(self, model: nn.Module, teacher: nn.Module | None, sharded: bool = False) -> nn.Module:
+        fused = not sharded and fused_head_supported(model) and (teacher is None or fused_head_supported(teacher))
+        return LMLoss(model, teacher, self.cfg, fused)
+
+    def batch(self, idx: torch.Tensor, device: torch.device) -> dict:
+        return {"input_ids": to_device(self.blocks.get(idx), device)}
+
+    def batch_items(self, batch: dict) -> int:
+        return batch["input_ids"].numel()
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, source: str) -> dict:
+    def evaluate(self, model: nn.Module) -> dict:
+        """Perplexity on every held-out set, windows of --seq-len tokens; the first set's numbers at the top level."""
         model.eval()
-        backend = module_backend(model, self.tokenizer, source)
-        return metrics.perplexity(backend, self.eval_slice, context=self.cfg.seq_len, max_tokens=self.cfg.eval_tokens,
-                                  batch_size=EVAL_BATCH["lm"], progress=False)
+        backend = module_backend(model, self.tokenizer, self.ctx.source)
+        results = {}
+        for e in self.eval_sets:
+            if e.text is not None:
+                results[e.name] = metrics.perplexity(backend, e.text, context=self.cfg.seq_len,
+                                                     max_tokens=self.cfg.eval_tokens, batch_size=EVAL_BATCH["lm"],
+                                                     progress=False)
+            else:
+                ids = torch.from_numpy(e.ids[: self.cfg.eval_tokens].astype(np.int64))
+                results[e.name] = metrics.perplexity_of_ids(backend, ids, context=self.cfg.seq_len,
+                                                            batch_size=EVAL_BATCH["lm"], progress=False)
+        first = results[self.eval_sets[0].name]
+        return {**first, "sets": results}
 
     def calibration_batches(self, device: torch.device, n_batches: int = 8, batch_size: int = 16) -> list[dict]:
-        return [{"input_ids": self.train_blocks[lo : lo + batch_size].to(device)}
+        return [{"input_ids": self.blocks.get(list(range(lo, min(lo + batch_size, self.n_items)))).to(device)}
                 for lo in range(0, min(self.n_items, n_batches * batch_size), batch_size)]
 
 

@@ -1,7 +1,12 @@
 """The training loop: deterministic batches, AdamW with warm-up and linear decay, the quantization schedule,
-data parallelism, checkpoints every N steps and a stop with one line when the loss stops being finite.
+data parallelism (DDP, or FSDP2 when the model is sharded), optional torch.compile of the transformer blocks,
+checkpoints every N steps and a stop with one line when the loss stops being finite.
 
-The loop knows nothing of tasks: `task.loss(model, teacher, indices, device)` gives a step's loss.
+The host never waits for the GPU inside a step: losses stay on the device and are read every `log_every`
+steps (progress, recovery.json's log, the divergence check) and before each checkpoint, so a non-finite loss
+is still reported at the step where it first appeared and never saved.
+
+The loop knows nothing of tasks: `task.batch(indices, device)` and `task.loss_module(model, teacher)` make a step.
 """
 
 from __future__ import annotations
@@ -15,13 +20,11 @@ import torch
 from torch import nn
 
 from bitconv.display import task_progress
-from bitconv.errors import BitconvError, TrainingError
+from bitconv.errors import TrainingError
 from bitconv.train import checkpoints, qat
 from bitconv.train.config import RecoverConfig
 from bitconv.train.losses import lr_factor, quant_phase
-from bitconv.train.runtime import Runtime
-
-LOG_EVERY = 50  # steps between entries of recovery.json's log
+from bitconv.train.runtime import Runtime, full_state_dicts, load_full_state_dicts, transformer_blocks
 
 
 class Batches:
@@ -59,6 +62,16 @@ class Checkpointing:
     every: int = 500
 
 
+@dataclass
+class LoopOptions:
+    """How the loop runs (none of it changes what is learnt)."""
+
+    log_every: int = 10  # steps between reads of the loss (progress, log, divergence check)
+    compile: bool = False  # torch.compile the transformer blocks (CUDA only)
+    sharded: bool = False  # the model is sharded with FSDP2 (bitconv.train.runtime.shard)
+    progress: bool = True
+
+
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
@@ -77,66 +90,99 @@ def diverged(step: int, saved: Checkpointing | None, last_saved: int | None, det
     return TrainingError(f"training diverged at step {step + 1} ({detail}); {kept}; lower --lr and rerun with --force")
 
 
+def compile_blocks(model: nn.Module) -> None:
+    """torch.compile each transformer block (fused norms, activations and fake quantization); the loss head and
+    the rest stay eager. The blocks share code, so one compilation serves them all."""
+    for block in transformer_blocks(model):
+        block.compile()
+
+
 def train_model(model: nn.Module, task, *, cfg: RecoverConfig, rt: Runtime, total_steps: int, lr: float,
                 teacher: nn.Module | None = None, attached: list[qat.QuantizedModule] | None = None,
-                saving: Checkpointing | None = None, resume: dict | None = None, progress: bool = True,
+                saving: Checkpointing | None = None, resume: dict | None = None, loop: LoopOptions | None = None,
                 label: str = "recover", log: list | None = None) -> TrainState:
     """Train `model` in place (fake-quantized if `attached`) on `task` for `total_steps` steps."""
+    loop = loop or LoopOptions()
     device = rt.device
-    wrapped = model
-    if rt.world > 1:
+    step_fn = task.loss_module(model, teacher, sharded=loop.sharded)
+    if rt.world > 1 and not loop.sharded:
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        step_fn = DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    fused = device.type == "cuda" and not loop.sharded
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused or None)
     state = TrainState()
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
+        if loop.sharded:
+            load_full_state_dicts(model, opt, resume["model"], resume["optimizer"])
+        else:
+            model.load_state_dict(resume["model"])
+            opt.load_state_dict(resume["optimizer"])
         state = TrainState(resume["step"], resume["tokens"])
         torch.set_rng_state(resume["rng"]["cpu"])
         if device.type == "cuda" and "cuda" in resume["rng"]:
             torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
     batches = Batches(task.n_items, cfg.batch_size, cfg.seed, rt)
+    pending = torch.zeros(max(1, loop.log_every), dtype=torch.float32, device=device)  # losses not yet read
+    first_pending = state.step
+    last_saved = state.step if resume is not None else None
+
+    def check(step_done: int) -> float:
+        """Read the losses of the steps since the last read; stop at the first non-finite one."""
+        nonlocal first_pending
+        n = step_done - first_pending
+        values = rt.mean(pending[:n]).tolist() if n else []
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                raise diverged(first_pending + i, saving, last_saved, f"loss {value}")
+        first_pending = step_done
+        return sum(values) / len(values) if values else math.nan
 
     def save(step_done: int) -> None:
-        if saving is not None and rt.main:
-            checkpoints.save_checkpoint(saving.folder, saving.fingerprint, step_done, state.tokens, model.state_dict(),
-                                        opt.state_dict(), _rng_state(device))
+        if saving is None:
+            return
+        if loop.sharded:
+            model_state, opt_state = full_state_dicts(model, opt)
+        else:
+            model_state, opt_state = model.state_dict(), opt.state_dict()
+        if rt.main:
+            checkpoints.save_checkpoint(saving.folder, saving.fingerprint, step_done, state.tokens, model_state,
+                                        opt_state, _rng_state(device))
 
-    last_saved = state.step if resume is not None else None
     model.train()
-    with task_progress(label, total=total_steps, enabled=progress and rt.main, completed=state.step,
+    with task_progress(label, total=total_steps, enabled=loop.progress and rt.main, completed=state.step,
                        unit=task.unit) as advance:
-        t0, items0, ema = time.perf_counter(), 0, None
+        t0, items0, shown_at = time.perf_counter(), 0, state.step
         for step in range(state.step, total_steps):
             if attached:
                 bits, blend = quant_phase(cfg, step)
                 qat.set_quantization(attached, cfg.quant_config(bits), blend)
             _set_lr(opt, lr * lr_factor(step, total_steps, cfg.lr_warmup))
-            try:
-                loss, n_items = task.loss(wrapped, teacher, batches.indices(step), device)
-            except BitconvError as exc:  # the quantizer refuses non-finite weights: training diverged
-                raise diverged(step, saving, last_saved, str(exc)) from None
-            shown = float(rt.mean(loss.detach()))
-            if not math.isfinite(shown):
-                raise diverged(step, saving, last_saved, f"loss {shown}")
+            batch = task.batch(batches.indices(step), device)
+            loss = step_fn(**batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            state.step, state.tokens = step + 1, state.tokens + n_items * rt.world
-            items0 += n_items * rt.world
-            ema = shown if ema is None else 0.98 * ema + 0.02 * shown
-            advance(loss=ema, rate=items0 / max(1e-9, time.perf_counter() - t0))
-            if log is not None and (state.step % LOG_EVERY == 0 or state.step == total_steps):
-                # no timings here: the log goes into recovery.json, which must not change from run to run
-                log.append({"phase": label, "step": state.step, "loss": round(ema, 6),
-                            "lr": opt.param_groups[0]["lr"]})
-            if saving is not None and saving.every and state.step % saving.every == 0 and state.step < total_steps:
+            pending[step - first_pending] = loss.detach()
+            n_items = task.batch_items(batch) * rt.world
+            state.step, state.tokens = step + 1, state.tokens + n_items
+            items0 += n_items
+            to_save = saving is not None and saving.every and state.step % saving.every == 0 and state.step < total_steps
+            if state.step - first_pending == len(pending) or to_save or state.step == total_steps:
+                shown = check(state.step)
+                advance(loss=shown, rate=items0 / max(1e-9, time.perf_counter() - t0), steps=state.step - shown_at)
+                shown_at = state.step
+                if log is not None:
+                    # no timings here: the log goes into recovery.json, which must not change from run to run
+                    log.append({"phase": label, "step": state.step, "loss": round(shown, 6),
+                                "lr": opt.param_groups[0]["lr"]})
+            if to_save:
                 save(state.step)
                 last_saved = state.step
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     state.seconds = time.perf_counter() - t0
     state.rate = items0 / max(1e-9, state.seconds)
     save(state.step)

@@ -14,6 +14,7 @@ measured memory copy bandwidth (numpy copy of a 256 MiB buffer: bytes read / tim
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
 import statistics
@@ -36,7 +37,6 @@ from bitconv.quantize.config import QuantConfig  # noqa: E402
 from bitconv.quantize.schemes import decode, dequantize, encode, quantize
 
 BLOCK = 64
-RUN_DATE = "2026-11-22"
 
 
 def _model(nodes, inits, K, N, extra_opsets=()):
@@ -172,13 +172,13 @@ def load_average() -> str:
         return "unknown"
 
 
-def report(K, N, Ms, pool_labels, models, results, copy_bw, command, load_before, load_after) -> str:
+def report(K, N, Ms, pool_labels, models, results, copy_bw, command, date, load_before, load_after) -> str:
     lines = [
         "# GEMV / GEMM: TernaryMatMul vs ONNX Runtime MatMul (float32) and MatMulNBits (bits=2)",
         "",
         f"- Command: `{command}`",
         f"- Machine: {machine()}; onnxruntime {ort.__version__}, numpy {np.__version__}",
-        f"- Date: {RUN_DATE}",
+        f"- Date: {date} (when the run started)",
         f"- Weight: K = {K}, N = {N}, ternary per tensor; median of interleaved rounds; ratios from the same run.",
         f"- Memory copy bandwidth (numpy copy of 256 MiB, bytes read / time): {copy_bw / 1e9:.1f} GB/s",
         f"- Load average (1 / 5 / 15 min) before the run: {load_before}, after: {load_after} -- on a machine with",
@@ -243,13 +243,14 @@ def main() -> None:
     if args.K % BLOCK:
         raise SystemExit(f"--K must be a multiple of {BLOCK} so the codes are a valid MatMulNBits B")
     command = "python docs/benchmarks/bench_gemv.py " + " ".join(sys.argv[1:])
+    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     load_before = load_average()
     copy_bw = memcpy_bandwidth()
     pool_list = pools(args.threads, args.spin)
     models, results = measure(args.K, args.N, args.M, pool_list, args.rounds, args.calls)
     half_lines = measure_half(pool_list, args.rounds, args.calls)
     text = report(args.K, args.N, args.M, [label for label, _, _ in pool_list], models, results, copy_bw, command,
-                  load_before, load_average())
+                  date, load_before, load_average())
     text += "\n".join(half_lines) + "\n"
     if args.out:
         tmp = args.out.with_suffix(args.out.suffix + ".tmp")

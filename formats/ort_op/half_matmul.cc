@@ -21,57 +21,33 @@
 namespace bitconv {
 namespace {
 
-constexpr const char* kOpType = "HalfMatMul";
 constexpr int64_t kColumnsPerTask = 256;  // output columns (rows of W) one thread-pool task computes
 
 struct HalfMatMulKernel : KernelBase {
+  static constexpr const char* kOpType = "HalfMatMul";
+  static constexpr ONNXTensorElementDataType kWeightType = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+  static constexpr size_t kInputs = 2, kRequiredInputs = 2;
   KernelSet kernels{};
 
   OrtStatus* compute(OrtKernelContext* ctx);
 };
 
-struct Task {
-  const HalfProblem* p;
-  HalfGemmFn gemm;
-};
-
-void run_task(void* user, size_t index) {
-  const Task& t = *static_cast<const Task*>(user);
-  const int64_t n0 = static_cast<int64_t>(index) * kColumnsPerTask;
-  t.gemm(*t.p, n0, std::min(t.p->N, n0 + kColumnsPerTask));
-}
+constexpr const char* kInputNames[2] = {"A", "W"};
 
 OrtStatus* HalfMatMulKernel::compute(OrtKernelContext* ctx) {
-  size_t n_inputs = 0;
-  if (OrtStatus* st = api->KernelContext_GetInputCount(ctx, &n_inputs)) return st;
-  if (n_inputs != 2) return error("expects 2 inputs (A, W), got " + std::to_string(n_inputs));
-  Tensor A, W;
-  for (size_t i = 0; i < 2; ++i) {
-    const OrtValue* v = nullptr;
-    if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
-    if (!v) return error(std::string("required input '") + (i ? "W" : "A") + "' is missing");
-    if (OrtStatus* st = read_tensor(api, v, i ? &W : &A)) return st;
-  }
+  Tensor in[2];
+  bool present[2];
+  if (OrtStatus* st = read_inputs(*this, ctx, kInputNames, 2, 2, "2 inputs (A, W)", in, present)) return st;
+  const Tensor &A = in[0], &W = in[1];
   if (A.dtype != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
     return error(std::string("input 'A' must be float32, got ") + dtype_name(A.dtype));
   if (W.dtype != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16)
     return error(std::string("input 'W' must be float16, got ") + dtype_name(W.dtype));
-  if (W.dims.size() != 2 || W.dims[0] <= 0 || W.dims[1] <= 0)
-    return error("input 'W' must be a non-empty matrix [N, K], got shape " + shape_str(W.dims));
+  if (OrtStatus* st = check_product_shapes(*this, A, W)) return st;
   const int64_t N = W.dims[0], K = W.dims[1];
-  if (A.dims.empty()) return error("input 'A' must have at least one dimension [..., K], got a scalar");
-  if (A.dims.back() != K)
-    return error("input 'A' has last dimension " + std::to_string(A.dims.back()) + " (shape " + shape_str(A.dims) +
-                 "), but 'W' " + shape_str(W.dims) + " has K=" + std::to_string(K) + " input features");
-  for (int64_t d : A.dims)
-    if (d <= 0) return error("input 'A' has shape " + shape_str(A.dims) + " with zero rows; nothing to multiply");
 
-  std::vector<int64_t> out_dims(A.dims.begin(), A.dims.end() - 1);
-  out_dims.push_back(N);
-  OrtValue* out = nullptr;
-  if (OrtStatus* st = api->KernelContext_GetOutput(ctx, 0, out_dims.data(), out_dims.size(), &out)) return st;
-  void* y = nullptr;
-  if (OrtStatus* st = api->GetTensorMutableData(out, &y)) return st;
+  float* y = nullptr;
+  if (OrtStatus* st = product_output(api, ctx, A, N, &y)) return st;
 
   HalfProblem p;
   p.M = A.numel() / K;
@@ -79,51 +55,24 @@ OrtStatus* HalfMatMulKernel::compute(OrtKernelContext* ctx) {
   p.K = K;
   p.a = static_cast<const float*>(A.data);
   p.w = static_cast<const uint16_t*>(W.data);
-  p.y = static_cast<float*>(y);
-  Task task{&p, kernels.gemm_half};
-  const int64_t n_tasks = (N + kColumnsPerTask - 1) / kColumnsPerTask;
-  if (g_api.version >= 17)  // the session's intra-op pool; with one intra-op thread it runs the tasks inline
-    return api->KernelContext_ParallelFor(ctx, run_task, static_cast<size_t>(n_tasks), 0, &task);
-  for (int64_t i = 0; i < n_tasks; ++i) run_task(&task, static_cast<size_t>(i));
-  return nullptr;
+  p.y = y;
+  const HalfGemmFn gemm = kernels.gemm_half;
+  return parallel_columns(api, ctx, N, kColumnsPerTask, [&](int64_t n0, int64_t n1) { gemm(p, n0, n1); });
 }
 
 OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** out) noexcept {
-  try {
-    auto kernel = std::make_unique<HalfMatMulKernel>();
-    kernel->api = api;
-    kernel->op_type = kOpType;
-    kernel->node = node_name(api, info);
+  using K = HalfMatMulKernel;
+  return create_kernel_with<K>(api, info, K::kOpType, out, [](K& kernel) -> OrtStatus* {
     std::string why;
-    if (!select_kernels(&kernel->kernels, &why)) return kernel->error(why);
-    *out = kernel.release();
-    return nullptr;
-  } catch (...) {
-    return status_from_exception(api, kOpType, " creating the kernel");
-  }
+    return select_kernels(&kernel.kernels, &why) ? nullptr : kernel.error(why);
+  });
 }
-
-const char* op_name(const OrtCustomOp*) { return kOpType; }
-ONNXTensorElementDataType op_input_type(const OrtCustomOp*, size_t index) {
-  return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-}
-size_t op_input_count(const OrtCustomOp*) { return 2; }
-OrtCustomOpInputOutputCharacteristic op_required(const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; }
 
 }  // namespace
 
 const OrtCustomOp* half_matmul_op(uint32_t version) {
   static OrtCustomOp op;
-  std::memset(&op, 0, sizeof(op));
-  fill_common_callbacks(&op, version);
-  op.GetName = op_name;
-  op.GetInputType = op_input_type;
-  op.GetInputTypeCount = op_input_count;
-  op.GetInputCharacteristic = op_required;
-  op.KernelDestroy = destroy_kernel<HalfMatMulKernel>;
-  op.CreateKernelV2 = create_kernel;
-  op.KernelComputeV2 = compute_kernel<HalfMatMulKernel>;
-  return &op;
+  return describe_op<HalfMatMulKernel>(&op, version, create_kernel);
 }
 
 }  // namespace bitconv

@@ -1,13 +1,11 @@
 // AVX-512 kernels (F + BW + VL + DQ + VNNI). Compiled with a function-level target attribute, so the rest of the
-// library keeps the baseline ISA and this code only runs after the run-time CPU check in ternary_matmul.cc.
+// library keeps the baseline ISA and this code only runs after the run-time CPU check in op_support.cc.
 //
 // Float activations: 16 codes (one 32-bit word) are broadcast to the 16 lanes, lane i shifted right by 2i, and
 // a permute against a 16-entry table turns the low 4 bits (this code plus the next code's low bit) into the trit
-// t = code - 2 as a float; then one FMA per activation row. No branches, no masks to build.
-// Int8 activations: 16 code bytes (64 codes) are broadcast to the four 128-bit lanes, lane L shifted right by 2L
-// and masked to 2 bits, so lane L byte b holds the code of k = 4b + L; the activations were laid out in the same
-// order (permute_int8_rows), and VPDPBUSD multiplies unsigned codes by signed activations, four at a time. The
-// codes are t + 2, so the caller's chunk sums remove the 2 * sum(q) offset.
+// t = code - 2 as a float; then one FMA per activation row. No branches, no masks to build. (And, further below,
+// lookup tables for few activation rows and decoded weight panels for many.)
+// Int8 activations: VPDPBUSD over the tile layout of kernels.h, 16 output rows per 64-byte tile (below).
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -357,65 +355,230 @@ BITCONV_AVX512 void gemm_float(const GemmProblem& p, int64_t n0, int64_t n1) {
   if (blocks_end < n1) gemm_float_decode(p, blocks_end, n1);
 }
 
-// The activations are permuted so that one load of code bytes serves a whole chunk: groups run in chunks of 256
-// (one 64-byte load of codes, four shifts) and then of 64 (a 16-byte load broadcast to the four 128-bit lanes).
-constexpr int64_t kChunk = 64;
-constexpr int64_t kWideChunk = 256;
+// ---- int8 activations: VPDPBUSD over the tile layout (kernels.h, tile_codes) ----------------------------------
+//
+// A 64-byte tile holds 16 output rows x 16 input columns; lane i of the accumulators is output row i, so no
+// horizontal sums are needed. Per tile: four ANDs with 0x03, 0x0C, 0x30, 0xC0 leave code * 4^s for the columns
+// 16c + 4s .. +3 (no shifts: the weight of each accumulator is folded out at the end with an exact arithmetic shift),
+// four 32-bit broadcasts of those activations, and four VPDPBUSD (unsigned code x signed activation, four
+// products a lane). The codes are t + 2, so 2 * sum(q) of the group comes off at the end.
 
-template <int MB>
-BITCONV_AVX512 void gemm_int8_block(const GemmProblem& p, int64_t m0, int64_t n0, int64_t n1) {
-  const __m512i shifts = _mm512_setr_epi64(0, 0, 2, 2, 4, 4, 6, 6);
-  const __m512i low2 = _mm512_set1_epi8(3);
-  const int8_t* q[MB];
-  for (int r = 0; r < MB; ++r) q[r] = p.q + (m0 + r) * p.K;
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = p.codes + n * p.row_bytes;
-    float y[MB] = {};
-    for (int64_t g = 0, g0 = 0; g0 < p.K; ++g, g0 += p.group_size) {
-      const int64_t g1 = g0 + p.group_size < p.K ? g0 + p.group_size : p.K;
-      const int64_t chunked = chunked_length(g0, g1, kChunk);
-      const int64_t chunked_end = g0 + chunked, wide_end = g0 + wide_length(chunked, kWideChunk);
-      __m512i acc[MB][2];
-      for (int r = 0; r < MB; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
-      int64_t k = g0;
-      for (; k < wide_end; k += kWideChunk) {
-        // 256 codes in one load: shifting by 2s and masking leaves, in byte b, the code of k + 4b + s
-        const __m512i w = _mm512_loadu_si512(row + (k >> 2));
-        for (int s = 0; s < 4; ++s) {
-          const __m512i c = _mm512_and_si512(s ? _mm512_srli_epi64(w, 2 * s) : w, low2);
-          for (int r = 0; r < MB; ++r)
-            acc[r][s & 1] = _mm512_dpbusd_epi32(acc[r][s & 1], c, _mm512_loadu_si512(q[r] + k + 64 * s));
-        }
-      }
-      for (; k + 2 * kChunk <= chunked_end; k += 2 * kChunk) {
-        for (int u = 0; u < 2; ++u) {
-          const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + ((k + u * kChunk) >> 2)));
-          const __m512i c = _mm512_and_si512(_mm512_srlv_epi64(_mm512_broadcast_i32x4(bytes), shifts), low2);
-          for (int r = 0; r < MB; ++r)
-            acc[r][u] = _mm512_dpbusd_epi32(acc[r][u], c, _mm512_loadu_si512(q[r] + k + u * kChunk));
-        }
-      }
-      for (; k < chunked_end; k += kChunk) {
-        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + (k >> 2)));
-        const __m512i c = _mm512_and_si512(_mm512_srlv_epi64(_mm512_broadcast_i32x4(bytes), shifts), low2);
-        for (int r = 0; r < MB; ++r) acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], c, _mm512_loadu_si512(q[r] + k));
-      }
-      const float s = scale_at(p, n, g);
-      for (int r = 0; r < MB; ++r) {
-        const int32_t isum = _mm512_reduce_add_epi32(_mm512_add_epi32(acc[r][0], acc[r][1])) -
-                             2 * p.q_chunk_sum[(m0 + r) * p.n_groups + g] +
-                             dot_int8_scalar(row, q[r], chunked_end, g1);
-        y[r] += s * static_cast<float>(isum);
-      }
+// keeps the compiler from fusing a product into the following add (kernels.h: every set rounds both)
+BITCONV_AVX512 inline __m512 rounded(__m512 v) {
+  asm("" : "+v"(v));
+  return v;
+}
+
+// The scales of the `valid` output rows from n0 for group g (g = 0 unless grouped); lanes past `valid` read nothing.
+BITCONV_AVX512 inline __m512 scales16_masked(const GemmProblem& p, int64_t n0, int64_t g, int64_t valid) {
+  const __mmask16 mask = valid >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << valid) - 1);
+  switch (p.scale_kind) {
+    case ScaleKind::kTensor: return _mm512_set1_ps(p.scale[0]);
+    case ScaleKind::kChannel: return _mm512_maskz_loadu_ps(mask, p.scale + n0);
+    default: {
+      const __m512i rows = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+      return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask,
+                                      _mm512_mullo_epi32(rows, _mm512_set1_epi32(static_cast<int>(p.n_groups))),
+                                      p.scale + n0 * p.n_groups + g, 4);
     }
-    for (int r = 0; r < MB; ++r) p.y[(m0 + r) * p.N + n] = y[r] / p.q_row_scale[m0 + r];
   }
 }
 
+// acc += codes (unsigned bytes) x the four signed bytes at q broadcast to every lane, four products a lane:
+// VPDPBUSD with an embedded broadcast of its memory operand (one fused instruction, no separate broadcast), and in
+// asm because GCC 12 copies the accumulator of the _mm512_dpbusd_epi32 intrinsic in and out of a second register.
+BITCONV_AVX512 inline __attribute__((always_inline)) __m512i dpbusd_bcast(__m512i acc, __m512i codes,
+                                                                          const int8_t* q) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(codes), "m"(*reinterpret_cast<const int32_t*>(q)));
+  return acc;
+}
+
+// The four accumulators of a row (field s holds code * 4^s products: exact multiples of 4^s, so the arithmetic
+// shifts are exact divisions) as one exact sum.
+BITCONV_AVX512 inline __m512i fold_fields(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+  return _mm512_add_epi32(_mm512_add_epi32(a0, _mm512_srai_epi32(a1, 2)),
+                          _mm512_add_epi32(_mm512_srai_epi32(a2, 4), _mm512_srai_epi32(a3, 6)));
+}
+
+// Tiles are read in one stream (a row block's runs, then the next block's); asking for the tile this many bytes
+// ahead into L1 kept more memory requests in flight than the hardware prefetcher alone: about 10% less time per
+// GEMV with the weights coming from memory on the machine of docs/benchmarks/ternary_gemv.md. Never past the end of
+// the thread-pool task's tiles: the next task may run on another core, which would fetch them again.
+constexpr int64_t kTilePrefetch = 4096;
+
+BITCONV_AVX512 inline __attribute__((always_inline)) void prefetch_ahead(const uint8_t* at, const uint8_t* end) {
+  const uint8_t* ahead = at + kTilePrefetch;
+  if (ahead < end) _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
+}
+
+// One tile (run `c`) against MB activation rows, into acc[r][s].
+template <int MB>
+BITCONV_AVX512 inline __attribute__((always_inline)) void tile_step(const uint8_t* t, const int8_t* const* q,
+                                                                    int64_t c, __m512i (*acc)[4],
+                                                                    const uint8_t* end) {
+  prefetch_ahead(t + c * kTileBytes, end);
+  const __m512i w = _mm512_load_si512(t + c * kTileBytes);
+  const __m512i x0 = _mm512_and_si512(w, _mm512_set1_epi8(0x03)), x1 = _mm512_and_si512(w, _mm512_set1_epi8(0x0C)),
+                x2 = _mm512_and_si512(w, _mm512_set1_epi8(0x30)),
+                x3 = _mm512_and_si512(w, _mm512_set1_epi8(static_cast<char>(0xC0)));
+  for (int r = 0; r < MB; ++r) {
+    const int8_t* qr = q[r] + c * kTileColumns;
+    acc[r][0] = dpbusd_bcast(acc[r][0], x0, qr);
+    acc[r][1] = dpbusd_bcast(acc[r][1], x1, qr + 4);
+    acc[r][2] = dpbusd_bcast(acc[r][2], x2, qr + 8);
+    acc[r][3] = dpbusd_bcast(acc[r][3], x3, qr + 12);
+  }
+}
+
+// Runs [c0, c1) of one row block (tiles `t`) against MB activation rows: the exact sums of q * code per output row
+// (before the 2 * sum(q) correction), in 32-bit lanes; each accumulator folds into `out` every kTileMaxRuns runs.
+template <int MB>
+BITCONV_AVX512 void tile_sums(const uint8_t* t, const int8_t* const* q, int64_t c0, int64_t c1, __m512i* out,
+                              const uint8_t* end) {
+  for (int r = 0; r < MB; ++r) out[r] = _mm512_setzero_si512();
+  for (int64_t s0 = c0; s0 < c1; s0 += kTileMaxRuns) {
+    const int64_t s1 = s0 + kTileMaxRuns < c1 ? s0 + kTileMaxRuns : c1;
+    __m512i acc[MB][4];
+    for (int r = 0; r < MB; ++r)
+      for (int s = 0; s < 4; ++s) acc[r][s] = _mm512_setzero_si512();
+    for (int64_t c = s0; c < s1; ++c) tile_step<MB>(t, q, c, acc, end);
+    for (int r = 0; r < MB; ++r) out[r] = _mm512_add_epi32(out[r], fold_fields(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+  }
+}
+
+// tile_sums for one activation row, two tiles a step into separate accumulators (eight VPDPBUSD chains, enough
+// to hide its latency), written out so the compiler keeps every accumulator in its register.
+BITCONV_AVX512 void tile_sums_1(const uint8_t* t, const int8_t* q, int64_t c0, int64_t c1, __m512i* out,
+                                const uint8_t* end) {
+  const __m512i m0 = _mm512_set1_epi8(0x03), m1 = _mm512_set1_epi8(0x0C), m2 = _mm512_set1_epi8(0x30),
+                m3 = _mm512_set1_epi8(static_cast<char>(0xC0));
+  *out = _mm512_setzero_si512();
+  for (int64_t s0 = c0; s0 < c1; s0 += kTileMaxRuns) {
+    const int64_t s1 = s0 + kTileMaxRuns < c1 ? s0 + kTileMaxRuns : c1;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    const uint8_t* w = t + s0 * kTileBytes;
+    const int8_t* x = q + s0 * kTileColumns;
+    int64_t c = s0;
+    for (; c + 2 <= s1; c += 2, w += 2 * kTileBytes, x += 2 * kTileColumns) {
+      prefetch_ahead(w, end);
+      prefetch_ahead(w + kTileBytes, end);
+      const __m512i w0 = _mm512_load_si512(w), w1 = _mm512_load_si512(w + kTileBytes);
+      a0 = dpbusd_bcast(a0, _mm512_and_si512(w0, m0), x);
+      a1 = dpbusd_bcast(a1, _mm512_and_si512(w0, m1), x + 4);
+      a2 = dpbusd_bcast(a2, _mm512_and_si512(w0, m2), x + 8);
+      a3 = dpbusd_bcast(a3, _mm512_and_si512(w0, m3), x + 12);
+      b0 = dpbusd_bcast(b0, _mm512_and_si512(w1, m0), x + 16);
+      b1 = dpbusd_bcast(b1, _mm512_and_si512(w1, m1), x + 20);
+      b2 = dpbusd_bcast(b2, _mm512_and_si512(w1, m2), x + 24);
+      b3 = dpbusd_bcast(b3, _mm512_and_si512(w1, m3), x + 28);
+    }
+    if (c < s1) {
+      const __m512i w0 = _mm512_load_si512(w);
+      a0 = dpbusd_bcast(a0, _mm512_and_si512(w0, m0), x);
+      a1 = dpbusd_bcast(a1, _mm512_and_si512(w0, m1), x + 4);
+      a2 = dpbusd_bcast(a2, _mm512_and_si512(w0, m2), x + 8);
+      a3 = dpbusd_bcast(a3, _mm512_and_si512(w0, m3), x + 12);
+    }
+    *out = _mm512_add_epi32(*out, fold_fields(_mm512_add_epi32(a0, b0), _mm512_add_epi32(a1, b1),
+                                              _mm512_add_epi32(a2, b2), _mm512_add_epi32(a3, b3)));
+  }
+}
+
+// Output rows [n0, n0 + 16) (one tile row block; fewer at the end of N) for activation rows [m0, m0 + MB).
+template <int MB>
+BITCONV_AVX512 void tile_block(const GemmProblem& p, int64_t m0, int64_t n0, const uint8_t* end) {
+  const int64_t runs = tile_runs(p.K);
+  const uint8_t* t = p.tiles + (n0 / kTileRows) * runs * kTileBytes;
+  const int64_t valid = p.N - n0 < kTileRows ? p.N - n0 : kTileRows;
+  const int8_t* q[MB];
+  for (int r = 0; r < MB; ++r) q[r] = p.q + (m0 + r) * p.q_stride;
+  __m512 y[MB];
+  for (int r = 0; r < MB; ++r) y[r] = _mm512_setzero_ps();
+  const int64_t group_runs = p.scale_kind == ScaleKind::kGroup ? p.group_size / kTileColumns : runs;
+  for (int64_t g = 0, c0 = 0; c0 < runs; ++g, c0 += group_runs) {
+    const int64_t c1 = c0 + group_runs < runs ? c0 + group_runs : runs;
+    __m512i isum[MB];
+    if constexpr (MB == 1)
+      tile_sums_1(t, q[0], c0, c1, isum, end);
+    else
+      tile_sums<MB>(t, q, c0, c1, isum, end);
+    const __m512 s = scales16_masked(p, n0, g, valid);
+    for (int r = 0; r < MB; ++r) {
+      const __m512i exact = _mm512_sub_epi32(isum[r], _mm512_set1_epi32(2 * p.q_group_sum[(m0 + r) * p.n_groups + g]));
+      y[r] = _mm512_add_ps(y[r], rounded(_mm512_mul_ps(s, _mm512_cvtepi32_ps(exact))));
+    }
+  }
+  const __mmask16 mask = valid >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << valid) - 1);
+  for (int r = 0; r < MB; ++r)
+    _mm512_mask_storeu_ps(p.y + (m0 + r) * p.N + n0, mask,
+                          _mm512_div_ps(y[r], _mm512_set1_ps(p.q_row_scale[m0 + r])));
+}
+
 BITCONV_AVX512 void gemm_int8(const GemmProblem& p, int64_t n0, int64_t n1) {
-  int64_t m = 0;
-  for (; m + 4 <= p.M; m += 4) gemm_int8_block<4>(p, m, n0, n1);
-  for (; m < p.M; ++m) gemm_int8_block<1>(p, m, n0, n1);
+  if (!p.tiles || !tiles_apply(p) || n0 % kTileRows) {
+    gemm_int8_reference(p, n0, n1);
+    return;
+  }
+  // this task's tiles, the first kTilePrefetch bytes asked for at once (prefetch_ahead takes over from there)
+  const int64_t block_bytes = tile_runs(p.K) * kTileBytes;
+  const uint8_t* begin = p.tiles + (n0 / kTileRows) * block_bytes;
+  const uint8_t* end = p.tiles + tile_blocks(n1) * block_bytes;
+  for (const uint8_t* at = begin; at < end && at < begin + kTilePrefetch; at += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T0);
+  for (int64_t n = n0; n < n1; n += kTileRows) {
+    int64_t m = 0;
+    for (; m + 4 <= p.M; m += 4) tile_block<4>(p, m, n, end);
+    switch (p.M - m) {
+      case 3: tile_block<2>(p, m, n, end); tile_block<1>(p, m + 2, n, end); break;
+      case 2: tile_block<2>(p, m, n, end); break;
+      case 1: tile_block<1>(p, m, n, end); break;
+      default: break;
+    }
+  }
+}
+
+// quantize_int8_reference, 16 values at a time: the same float operations (|x|, max, 127 / max(amax, 1e-5),
+// x * s), VCVTPS2DQ rounding half to even (the default MXCSR mode, as nearbyint) and VPMOVSDB saturating to
+// [-128, 127]; a NaN converts to INT_MIN, which saturates to -128 as the reference's fmax/fmin make it.
+BITCONV_AVX512 void quantize_int8(const GemmProblem& p, const float* a, int8_t* q, int32_t* group_sum,
+                                  float* row_scale) {
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t m = 0; m < p.M; ++m) {
+    const float* x = a + m * p.K;
+    int8_t* qm = q + m * p.q_stride;
+    __m512 vmax = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= p.K; k += 16)  // MAXPS returns its second operand when either is NaN: NaNs are skipped
+      vmax = _mm512_max_ps(_mm512_andnot_ps(sign, _mm512_loadu_ps(x + k)), vmax);
+    if (k < p.K) {
+      const __mmask16 tail = static_cast<__mmask16>((1u << (p.K - k)) - 1);
+      vmax = _mm512_max_ps(_mm512_andnot_ps(sign, _mm512_maskz_loadu_ps(tail, x + k)), vmax);
+    }
+    const float amax = _mm512_reduce_max_ps(vmax);
+    const float s = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+    row_scale[m] = s;
+    const __m512 vs = _mm512_set1_ps(s);
+    for (k = 0; k < p.q_stride; k += 16) {
+      const __mmask16 in = p.K - k >= 16 ? static_cast<__mmask16>(0xFFFF)
+                           : p.K > k    ? static_cast<__mmask16>((1u << (p.K - k)) - 1)
+                                        : static_cast<__mmask16>(0);
+      const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(in, x + k), vs));
+      _mm_store_si128(reinterpret_cast<__m128i*>(qm + k), _mm512_maskz_cvtsepi32_epi8(in, v));
+    }
+    // group sums: bytes biased to unsigned, summed by VPSADBW against zero
+    for (int64_t g = 0, g0 = 0; g < p.n_groups; ++g, g0 += p.group_size) {
+      const int64_t g1 = g0 + p.group_size < p.K ? g0 + p.group_size : p.K;
+      int64_t j = g0;
+      __m512i acc = _mm512_setzero_si512();
+      const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+      for (; j + 64 <= g1; j += 64)
+        acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_xor_si512(_mm512_loadu_si512(qm + j), bias),
+                                                    _mm512_setzero_si512()));
+      int64_t sum = _mm512_reduce_add_epi64(acc) - 128 * (j - g0);
+      for (; j < g1; ++j) sum += qm[j];
+      group_sum[m * p.n_groups + g] = static_cast<int32_t>(sum);
+    }
+  }
 }
 
 // Float16 weights: 16 halves -> 16 floats per VCVTPH2PS, then FMA; MB activation rows share each conversion. W is
@@ -453,7 +616,7 @@ BITCONV_AVX512 void gemm_half(const HalfProblem& p, int64_t n0, int64_t n1) {
 }  // namespace
 
 KernelSet avx512_kernels() {
-  KernelSet k{"avx512", gemm_float, gemm_int8, kChunk, lut_workspace, lut_prepare, kWideChunk};
+  KernelSet k{"avx512", gemm_float, gemm_int8, quantize_int8, true, lut_workspace, lut_prepare};
   k.gemm_half = gemm_half;
   return k;
 }

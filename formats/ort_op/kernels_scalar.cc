@@ -49,21 +49,6 @@ void gemm_float(const GemmProblem& p, int64_t n0, int64_t n1) {
   }
 }
 
-void gemm_int8(const GemmProblem& p, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = p.codes + n * p.row_bytes;
-    for (int64_t m = 0; m < p.M; ++m) {
-      const int8_t* q = p.q + m * p.K;
-      float y = 0.f;
-      for (int64_t g = 0, g0 = 0; g0 < p.K; ++g, g0 += p.group_size) {
-        const int64_t g1 = g0 + p.group_size < p.K ? g0 + p.group_size : p.K;
-        y += scale_at(p, n, g) * static_cast<float>(dot_int8_scalar(row, q, g0, g1));
-      }
-      p.y[m * p.N + n] = y / p.q_row_scale[m];
-    }
-  }
-}
-
 void gemm_half(const HalfProblem& p, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     const uint16_t* w = p.w + n * p.K;
@@ -85,8 +70,47 @@ void gemm_half(const HalfProblem& p, int64_t n0, int64_t n1) {
 
 }  // namespace
 
+void quantize_int8_reference(const GemmProblem& p, const float* a, int8_t* q, int32_t* group_sum, float* row_scale) {
+  for (int64_t m = 0; m < p.M; ++m) {
+    const float* x = a + m * p.K;
+    int8_t* qm = q + m * p.q_stride;
+    float amax = 0.f;
+    for (int64_t k = 0; k < p.K; ++k) amax = std::fabs(x[k]) > amax ? std::fabs(x[k]) : amax;
+    const float s = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+    row_scale[m] = s;
+    for (int64_t k = 0; k < p.K; ++k) {
+      // nearbyint rounds half to even in the default rounding mode; fmin/fmax also map NaN into range
+      const float v = std::fmin(std::fmax(std::nearbyint(x[k] * s), -128.f), 127.f);
+      qm[k] = static_cast<int8_t>(v);
+    }
+    for (int64_t k = p.K; k < p.q_stride; ++k) qm[k] = 0;
+    for (int64_t g = 0, g0 = 0; g < p.n_groups; ++g, g0 += p.group_size) {
+      const int64_t g1 = g0 + p.group_size < p.K ? g0 + p.group_size : p.K;
+      int32_t sum = 0;
+      for (int64_t k = g0; k < g1; ++k) sum += qm[k];
+      group_sum[m * p.n_groups + g] = sum;
+    }
+  }
+}
+
+void gemm_int8_reference(const GemmProblem& p, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = p.codes + n * p.row_bytes;
+    for (int64_t m = 0; m < p.M; ++m) {
+      const int8_t* q = p.q + m * p.q_stride;
+      float y = 0.f;
+      for (int64_t g = 0, g0 = 0; g0 < p.K; ++g, g0 += p.group_size) {
+        const int64_t g1 = g0 + p.group_size < p.K ? g0 + p.group_size : p.K;
+        const float prod = scale_at(p, n, g) * static_cast<float>(dot_int8_scalar(row, q, g0, g1));
+        y = y + prod;
+      }
+      p.y[m * p.N + n] = y / p.q_row_scale[m];
+    }
+  }
+}
+
 KernelSet scalar_kernels() {
-  KernelSet k{"scalar", gemm_float, gemm_int8, 0};
+  KernelSet k{"scalar", gemm_float, gemm_int8_reference, quantize_int8_reference};
   k.gemm_half = gemm_half;
   return k;
 }

@@ -119,6 +119,52 @@ OrtStatus* KernelBase::error(const std::string& what) const {
   return api->CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str());
 }
 
+OrtStatus* read_inputs(const KernelBase& kernel, OrtKernelContext* ctx, const char* const* names, size_t n_required,
+                       size_t n_max, const char* expects, Tensor* in, bool* present) {
+  size_t n_inputs = 0;
+  if (OrtStatus* st = kernel.api->KernelContext_GetInputCount(ctx, &n_inputs)) return st;
+  if (n_inputs < n_required || n_inputs > n_max)
+    return kernel.error(std::string("expects ") + expects + ", got " + std::to_string(n_inputs) + " inputs");
+  for (size_t i = 0; i < n_max; ++i) present[i] = false;
+  for (size_t i = 0; i < n_inputs; ++i) {
+    const OrtValue* v = nullptr;
+    if (OrtStatus* st = kernel.api->KernelContext_GetInput(ctx, i, &v)) return st;
+    if (!v) {
+      if (i < n_required) return kernel.error(std::string("required input '") + names[i] + "' is missing");
+      continue;  // an omitted optional input
+    }
+    if (OrtStatus* st = read_tensor(kernel.api, v, &in[i])) return st;
+    present[i] = true;
+  }
+  return nullptr;
+}
+
+OrtStatus* check_product_shapes(const KernelBase& kernel, const Tensor& A, const Tensor& W) {
+  if (W.dims.size() != 2 || W.dims[0] <= 0 || W.dims[1] <= 0)
+    return kernel.error("input 'W' must be a non-empty matrix [N, K], got shape " + shape_str(W.dims));
+  const int64_t K = W.dims[1];
+  if (A.dims.empty()) return kernel.error("input 'A' must have at least one dimension [..., K], got a scalar");
+  if (A.dims.back() != K)
+    return kernel.error("input 'A' has last dimension " + std::to_string(A.dims.back()) + " (shape " +
+                        shape_str(A.dims) + "), but 'W' " + shape_str(W.dims) + " has K=" + std::to_string(K) +
+                        " input features");
+  for (int64_t d : A.dims)
+    if (d <= 0)
+      return kernel.error("input 'A' has shape " + shape_str(A.dims) + " with zero rows; nothing to multiply");
+  return nullptr;
+}
+
+OrtStatus* product_output(const OrtApi* api, OrtKernelContext* ctx, const Tensor& A, int64_t N, float** y) {
+  std::vector<int64_t> out_dims(A.dims.begin(), A.dims.end() - 1);
+  out_dims.push_back(N);
+  OrtValue* out = nullptr;
+  if (OrtStatus* st = api->KernelContext_GetOutput(ctx, 0, out_dims.data(), out_dims.size(), &out)) return st;
+  void* data = nullptr;
+  if (OrtStatus* st = api->GetTensorMutableData(out, &data)) return st;
+  *y = static_cast<float*>(data);
+  return nullptr;
+}
+
 OrtStatus* status_from_exception(const OrtApi* api, const char* op_type, const char* context) noexcept {
   try {
     throw;

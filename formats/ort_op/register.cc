@@ -1,5 +1,5 @@
 // RegisterCustomOps: the library's one exported symbol. ONNX Runtime calls it for every SessionOptions the library
-// is registered on; it adds the "bitconv" domain with TernaryMatMul and HalfMatMul.
+// is registered on; it adds the "bitconv" domain with TernaryMatMul, HalfMatMul and Int8MatMul.
 #include <mutex>
 #include <string>
 
@@ -9,6 +9,9 @@
 #define BITCONV_EXPORT extern "C" __attribute__((visibility("default")))
 
 namespace bitconv {
+
+const OrtCustomOp* int8_matmul_op(uint32_t version);  // int8_matmul.cc
+
 namespace {
 
 std::mutex g_register_mutex;
@@ -40,7 +43,7 @@ BITCONV_EXPORT OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const Or
     }
     OrtCustomOpDomain* domain = nullptr;
     if (OrtStatus* st = api->CreateCustomOpDomain(kDomain, &domain)) return st;
-    for (const OrtCustomOp* op : {ternary_matmul_op(version), half_matmul_op(version)})
+    for (const OrtCustomOp* op : {ternary_matmul_op(version), half_matmul_op(version), int8_matmul_op(version)})
       if (OrtStatus* st = api->CustomOpDomain_Add(domain, op)) return st;
     g_domain = domain;
     g_api.ort = api;

@@ -69,7 +69,8 @@ struct TernaryMatMulKernel : KernelBase {
   int64_t K = 0, N = 0, group_size = 0, act_quant = 0, packing = kPacking2Bit;
   KernelSet kernels{};
   std::vector<uint8_t> constant_codes_2bit;  // base-3 codes of a constant initializer, repacked once
-  AlignedArray<uint32_t> interleaved;         // interleave_codes() of a constant initializer
+  AlignedArray<uint32_t> interleaved;         // interleave_codes() of a constant initializer (float activations)
+  AlignedArray<uint8_t> tiles;                // tile_codes() of a constant initializer (int8 activations)
 
   OrtStatus* compute(OrtKernelContext* ctx);
 };
@@ -85,7 +86,7 @@ struct Task {
   GemmFn gemm;
   const Outliers* outliers;
   const float* bias;
-  const int8_t* q_natural;  // int8 activations in natural order (act_quant = 1), else null
+  bool int8;  // act_quant = 1: the outliers multiply the dequantized int8 activations p.q / s
   int64_t n_tasks;
 };
 
@@ -105,8 +106,7 @@ void run_task(void* user, size_t index) {
       const int64_t n = *it / p.K, k = *it % p.K;
       const float v = half_to_float(t.outliers->val[it - begin]);
       for (int64_t m = 0; m < p.M; ++m) {
-        const float a = t.q_natural ? static_cast<float>(t.q_natural[m * p.K + k]) / p.q_row_scale[m]
-                                    : p.a[m * p.K + k];
+        const float a = t.int8 ? static_cast<float>(p.q[m * p.q_stride + k]) / p.q_row_scale[m] : p.a[m * p.K + k];
         p.y[m * p.N + n] += a * v;
       }
     }
@@ -114,50 +114,6 @@ void run_task(void* user, size_t index) {
   if (t.bias)
     for (int64_t m = 0; m < p.M; ++m)
       for (int64_t n = n0; n < n1; ++n) p.y[m * p.N + n] += t.bias[n];
-}
-
-// int8 per-token absmax, exactly as bitconv.schemes.quantize_activations_int8:
-// s = 127 / max(max|x|, 1e-5), q = clamp(round_half_even(x * s), -128, 127).
-void quantize_rows(const float* a, int64_t M, int64_t K, int8_t* q, float* row_scale) {
-  for (int64_t m = 0; m < M; ++m) {
-    const float* x = a + m * K;
-    float amax = 0.f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[k]));
-    const float s = 127.0f / std::max(amax, 1e-5f);
-    row_scale[m] = s;
-    for (int64_t k = 0; k < K; ++k) {
-      // nearbyint rounds half to even in the default rounding mode; fmin/fmax also map NaN into range
-      const float v = std::fmin(std::fmax(std::nearbyint(x[k] * s), -128.f), 127.f);
-      q[m * K + k] = static_cast<int8_t>(v);
-    }
-  }
-}
-
-// Lay out q for the SIMD int8 kernels: inside each group, every full chunk of `chunk` values is reordered so that
-// position L * (chunk / 4) + b holds value 4b + L (the order in which the kernels unpack the 2-bit codes); the rest
-// of the group stays in natural order. Also returns the sum of q over each group's chunked part.
-void layout_int8_rows(const int8_t* q, int64_t M, int64_t K, int64_t group_size, int64_t n_groups, int64_t chunk,
-                      int64_t wide, int8_t* out, int32_t* chunk_sum) {
-  std::memcpy(out, q, static_cast<size_t>(M * K));
-  // within a chunk of width c, the codes of byte b are activations 4b .. 4b+3: lane L holds activation 4b + L at b
-  auto permute = [](const int8_t* src, int8_t* dst, int64_t c) {
-    for (int64_t lane = 0; lane < 4; ++lane)
-      for (int64_t b = 0; b < c / 4; ++b) dst[lane * (c / 4) + b] = src[4 * b + lane];
-  };
-  for (int64_t m = 0; m < M; ++m) {
-    const int8_t* src = q + m * K;
-    int8_t* dst = out + m * K;
-    for (int64_t g = 0, g0 = 0; g < n_groups; ++g, g0 += group_size) {
-      const int64_t g1 = std::min(K, g0 + group_size);
-      const int64_t len = chunked_length(g0, g1, chunk);
-      const int64_t wide_end = g0 + wide_length(len, wide);
-      int32_t sum = 0;
-      for (int64_t k = g0; k < g0 + len; ++k) sum += src[k];
-      chunk_sum[m * n_groups + g] = sum;
-      for (int64_t c0 = g0; c0 < wide_end; c0 += wide) permute(src + c0, dst + c0, wide);
-      for (int64_t c0 = wide_end; c0 < g0 + len; c0 += chunk) permute(src + c0, dst + c0, chunk);
-    }
-  }
 }
 
 OrtStatus* TernaryMatMulKernel::compute(OrtKernelContext* ctx) {
@@ -308,26 +264,34 @@ OrtStatus* TernaryMatMulKernel::compute(OrtKernelContext* ctx) {
     }
   }
 
-  std::vector<int8_t> q_natural, q_layout;
-  std::vector<int32_t> q_chunk_sum;
-  std::vector<float> q_row_scale;
+  // int8 activations: one 64-byte aligned buffer for q [M, q_stride], the group sums and the row scales
+  AlignedArray<uint8_t> int8_buffer;
+  AlignedArray<uint8_t> call_tiles;  // the tile layout of codes that are not a constant initializer
   GemmFn gemm = kernels.gemm_float;
   if (act_quant) {
-    q_natural.resize(static_cast<size_t>(M * K));
-    q_row_scale.resize(static_cast<size_t>(M));
-    quantize_rows(p.a, M, K, q_natural.data(), q_row_scale.data());
-    q_layout.resize(q_natural.size());
-    q_chunk_sum.assign(static_cast<size_t>(M * p.n_groups), 0);
-    layout_int8_rows(q_natural.data(), M, K, p.group_size, p.n_groups, kernels.int8_chunk, kernels.int8_wide_chunk,
-                     q_layout.data(), q_chunk_sum.data());
-    p.q = q_layout.data();
-    p.q_chunk_sum = q_chunk_sum.data();
-    p.q_row_scale = q_row_scale.data();
-    p.q_chunk = kernels.int8_chunk;
+    p.q_stride = int8_row_stride(K);
+    const int64_t q_bytes = M * p.q_stride, sum_bytes = (M * p.n_groups * 4 + 63) / 64 * 64;
+    int8_buffer.resize(static_cast<size_t>(q_bytes + sum_bytes + M * 4));
+    int8_t* q = reinterpret_cast<int8_t*>(int8_buffer.data());
+    int32_t* group_sum = reinterpret_cast<int32_t*>(int8_buffer.data() + q_bytes);
+    float* row_scale = reinterpret_cast<float*>(int8_buffer.data() + q_bytes + sum_bytes);
+    kernels.quantize_int8(p, p.a, q, group_sum, row_scale);
+    p.q = q;
+    p.q_group_sum = group_sum;
+    p.q_row_scale = row_scale;
+    if (kernels.int8_tiles && tiles_apply(p)) {
+      if (!tiles.empty()) {
+        p.tiles = tiles.data();
+      } else {
+        call_tiles.resize(static_cast<size_t>(tile_bytes(N, K)));
+        tile_codes(codes, p.row_bytes, N, K, 0, tile_blocks(N), call_tiles.data());
+        p.tiles = call_tiles.data();
+      }
+    }
     gemm = kernels.gemm_int8;
   }
 
-  Task task{&p, gemm, &outliers, bias, act_quant ? q_natural.data() : nullptr, (N + kColumnsPerTask - 1) / kColumnsPerTask};
+  Task task{&p, gemm, &outliers, bias, act_quant != 0, (N + kColumnsPerTask - 1) / kColumnsPerTask};
   if (g_api.version >= 17) {
     // the session's intra-op pool; with one intra-op thread it runs the tasks inline
     if (OrtStatus* st = api->KernelContext_ParallelFor(ctx, run_task, static_cast<size_t>(task.n_tasks), 0, &task))
@@ -373,9 +337,13 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
     if (!select_kernels(&kernel->kernels, &why)) return kernel->error(why);
 
     // A constant weight (an initializer) is prepared once here instead of on every run: base-3 codes repacked to
-    // 2-bit, and the codes regrouped for kernels that read 16 output rows at once (float activations).
+    // 2-bit, and the codes regrouped for the SIMD kernels that read 16 output rows at once -- column-interleaved
+    // words for float activations, the tile layout for int8 activations. Either copy is about as large as the
+    // codes and takes one pass over them (docs/benchmarks/ternary_gemv.md states the time).
     const bool wants_interleave = kernel->act_quant == 0 && kernel->kernels.prepare_float != nullptr;
-    if (kernel->packing == kPackingBase3 || wants_interleave) {
+    const bool wants_tiles = kernel->act_quant == 1 && kernel->kernels.int8_tiles &&
+                             (kernel->group_size == 0 || kernel->group_size % kTileColumns == 0);
+    if (kernel->packing == kPackingBase3 || wants_interleave || wants_tiles) {
       int is_constant = 0;
       const OrtValue* value = nullptr;
       if (OrtStatus* st = api->KernelInfoGetConstantInput_tensor(info, 1, &is_constant, &value)) {
@@ -393,10 +361,14 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
               return kernel->error(why);
             two_bit = kernel->constant_codes_2bit.data();
           }
+          const int64_t rb2 = row_bytes_for(kernel->K, kPacking2Bit);
           if (wants_interleave) {
             kernel->interleaved.resize(static_cast<size_t>(interleaved_words(kernel->N, kernel->K)));
-            interleave_codes(two_bit, row_bytes_for(kernel->K, kPacking2Bit), kernel->N, kernel->K,
-                             kernel->interleaved.data());
+            interleave_codes(two_bit, rb2, kernel->N, kernel->K, kernel->interleaved.data());
+          }
+          if (wants_tiles) {
+            kernel->tiles.resize(static_cast<size_t>(tile_bytes(kernel->N, kernel->K)));
+            tile_codes(two_bit, rb2, kernel->N, kernel->K, 0, tile_blocks(kernel->N), kernel->tiles.data());
           }
         }
       }

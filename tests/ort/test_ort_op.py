@@ -1,7 +1,7 @@
 """The TernaryMatMul custom op loaded into the real onnxruntime, checked against the Python reference.
 
-Reference: bitconv.schemes quantize -> encode -> decode -> dequantize, then a numpy matmul (with the int8 activation
-fake-quant of bitconv.schemes for act_quant=1). The library must be built first:
+Reference: bitconv.quantize.schemes quantize -> encode -> decode -> dequantize, then a numpy matmul (with the int8 activation
+fake-quant of bitconv.quantize.schemes for act_quant=1). The library must be built first:
 `python setup.py build_ext --inplace`.
 """
 
@@ -222,6 +222,142 @@ def test_random_shapes_fuzz():
                        codes_input=bool(rng.integers(2)), threads=int(rng.integers(1, 3)))
             except AssertionError as e:
                 raise AssertionError(f"fuzz case {case}: K={K} N={N} lead={lead} {gran}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# int8 activations (act_quant=1): the exact rounding (formats/ort_op/kernels.h), bit for bit on every kernel set
+
+
+def _trits_from_codes(codes: np.ndarray, K: int) -> np.ndarray:
+    """2-bit codes [N, ceil(K/4)] -> t = code - 2, [N, K] (formats/SPEC.md)."""
+    fields = np.stack([(codes >> (2 * i)) & 3 for i in range(4)], axis=-1).reshape(codes.shape[0], -1)
+    return fields[:, :K].astype(np.int64) - 2
+
+
+def _int8_exact(a: np.ndarray, codes: np.ndarray, scale: np.ndarray, K: int, group_size: int, outliers=None,
+                bias=None) -> np.ndarray:
+    """The op's int8 mode, rounding step by step in float32 as kernels.h defines it:
+    s = 127 / max(max|a|, 1e-5), q = clamp(rint(a * s)) (NaN: -128); isum_g exact; y = 0, y = y + scale_g * float(isum_g) in
+    group order (product and sum each rounded); Y = y / s; then each outlier (in index order) y += (q / s) * val;
+    then bias."""
+    a = a.reshape(-1, K).astype(np.float32)
+    f32 = np.float32
+    with np.errstate(invalid="ignore"):
+        s = f32(127) / np.maximum(np.nanmax(np.abs(a), axis=1), f32(1e-5))  # a NaN is left out of the max
+        q = np.clip(np.rint(a * s[:, None]), -128, 127)
+    q = np.where(np.isnan(q), -128, q).astype(np.int64)  # and quantizes to -128
+    t = _trits_from_codes(codes, K)
+    N = t.shape[0]
+    g = group_size if group_size else K
+    n_groups = -(-K // g)
+    if scale.size == 1:
+        sc = np.full((N, n_groups), scale.reshape(-1)[0], np.float32)
+    elif scale.ndim == 1:
+        sc = np.repeat(scale.astype(np.float32)[:, None], n_groups, axis=1)
+    else:
+        sc = scale.astype(np.float32)
+    y = np.zeros((a.shape[0], N), np.float32)
+    for gi in range(n_groups):
+        isum = q[:, gi * g:(gi + 1) * g] @ t[:, gi * g:(gi + 1) * g].T
+        y = y + sc[:, gi][None, :] * isum.astype(np.float32)
+    y = y / s[:, None]
+    if outliers is not None:
+        idx, val = outliers
+        for i, v in zip(idx.tolist(), val.astype(np.float32).tolist()):
+            n, k = divmod(i, K)
+            y[:, n] = y[:, n] + (q[:, k].astype(np.float32) / s) * f32(v)
+    if bias is not None:
+        y = y + bias.astype(np.float32)
+    return y
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group:16", "group:64", "group:48", "group:24"])
+@pytest.mark.parametrize("M, N, K", [(1, 48, 256), (3, 37, 200), (5, 16, 1100), (2, 33, 37)])
+def test_int8_matches_the_exact_rounding_bit_for_bit(isa, granularity, M, N, K):
+    # N off a multiple of 16 leaves a partial row block of the tile layout; K off a multiple of 16 a partial run;
+    # group:24 is not a whole number of 16-column runs, so the SIMD sets fall back to the reference loop there
+    rng = np.random.default_rng(M * 1000 + N + K)
+    inits, _, group_size = _weight(rng, N, K, granularity=granularity, act_quant=True, bias=True)
+    a = (rng.standard_normal((M, K)) * rng.uniform(0.1, 10, size=(M, 1))).astype(np.float32)
+    y = _run(bort.ternary_matmul_model(K, N, inits, group_size=group_size, act_quant=True), a)
+    expected = _int8_exact(a, inits["qcodes"], inits["qscale"], K, group_size, bias=inits["bias"])
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_int8_outliers_match_the_exact_rounding(isa):
+    rng = np.random.default_rng(80)
+    K, N = 160, 40
+    inits, _, _ = _weight(rng, N, K, granularity="channel", outliers=0.02, act_quant=True, bias=True)
+    a = rng.standard_normal((3, K)).astype(np.float32)
+    y = _run(bort.ternary_matmul_model(K, N, inits, act_quant=True), a)
+    expected = _int8_exact(a, inits["qcodes"], inits["qscale"], K, 0,
+                           outliers=(inits["outlier_idx"], inits["outlier_val"]), bias=inits["bias"])
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_int8_long_rows_fold_their_accumulators(isa):
+    # the AVX-512 tile kernel folds its 32-bit accumulators every 4096 runs (65536 columns); K = 70000 crosses that
+    rng = np.random.default_rng(81)
+    K, N = 70000, 20
+    codes = rng.integers(1, 4, size=(N, K)).astype(np.uint8)  # every column +-1 or 0
+    packed = np.zeros((N, (K + 3) // 4), np.uint8)
+    for i in range(4):
+        part = codes[:, i::4]
+        packed[:, :part.shape[1]] |= (part << (2 * i)).astype(np.uint8)
+    inits = {"qcodes": packed, "qscale": np.array([0.03], np.float32)}
+    a = np.full((2, K), 0.7, np.float32)
+    a[1] = -1.0  # |q| = 127 everywhere: the largest sums the activations allow
+    y = _run(bort.ternary_matmul_model(K, N, inits, act_quant=True), a)
+    np.testing.assert_array_equal(y, _int8_exact(a, packed, inits["qscale"], K, 0))
+
+
+def _int8_outputs_by_isa(model: bytes, a: np.ndarray, extra: dict | None = None, threads: int = 1) -> dict:
+    out = {}
+    for name in ISAS:
+        if _NEEDS.get(name, set()) - _FLAGS:
+            continue
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("BITCONV_ORT_ISA", name)
+            out[name] = _run(model, a, threads=threads, extra=extra)
+    return out
+
+
+@pytest.mark.parametrize("packing", ["2bit", "base3"])
+@pytest.mark.parametrize("codes_input", [False, True])
+def test_int8_kernel_sets_agree_bit_for_bit(packing, codes_input):
+    rng = np.random.default_rng(82)
+    for K, N, gran, M in [(300, 70, "group:32", 4), (96, 33, "channel", 1), (53, 35, "group:16", 3),
+                          (130, 64, "group:10", 2), (1536, 96, "tensor", 1)]:
+        inits, _, group_size = _weight(rng, N, K, granularity=gran, packing=packing, outliers=0.01, bias=True,
+                                       act_quant=True)
+        model = bort.ternary_matmul_model(K, N, inits, group_size=group_size, act_quant=True, packing=packing)
+        extra = None
+        if codes_input:
+            model, extra = _codes_as_graph_input(model), {"codes": inits["qcodes"]}
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        outs = _int8_outputs_by_isa(model, a, extra, threads=2)
+        first = next(iter(outs.values()))
+        for name, y in outs.items():
+            np.testing.assert_array_equal(y, first, err_msg=f"{name} K={K} N={N} {gran} {packing}")
+
+
+def test_int8_nan_inf_and_zero_rows_agree_across_kernel_sets():
+    # a NaN is left out of the row's absmax and quantizes to -128; an infinity makes s = 0 (its row all NaN or
+    # -128); an all-zero row uses the 1e-5 floor
+    rng = np.random.default_rng(83)
+    K, N = 100, 40
+    inits, _, _ = _weight(rng, N, K, act_quant=True)
+    a = rng.standard_normal((4, K)).astype(np.float32)
+    a[0, [3, 50]] = np.nan
+    a[1, 7] = np.inf
+    a[2] = 0.0
+    a[3, 99] = -np.inf
+    outs = _int8_outputs_by_isa(bort.ternary_matmul_model(K, N, inits, act_quant=True), a)
+    first = next(iter(outs.values()))
+    for name, y in outs.items():
+        np.testing.assert_array_equal(y, first, err_msg=name)
+    expected = _int8_exact(a[[0, 2]], inits["qcodes"], inits["qscale"], K, 0)
+    np.testing.assert_array_equal(first[[0, 2]], expected)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -508,3 +644,80 @@ def test_half_matmul_errors():
     _expect_error(r"input parameter \(W\) of operator \(HalfMatMul\)",
                   bort.half_matmul_model(w16.astype(np.float32)), np.zeros((2, 32), np.float32))
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Int8MatMul: int8 weights with per-row or per-group scales (the int8 lm_head), float activations
+
+
+def _int8_weight(rng, n, k, group_size=0):
+    codes = rng.integers(-127, 128, size=(n, k), dtype=np.int8)
+    codes.flat[:2] = [-127, 127]
+    n_groups = -(-k // group_size) if group_size else 1
+    scale = (rng.random((n, n_groups)) * 0.02 + 1e-3).astype(np.float32)
+    full = np.repeat(scale, group_size, axis=1)[:, :k] if group_size else scale
+    return codes, scale if group_size else scale[:, 0], codes.astype(np.float64) * full
+
+
+@pytest.mark.parametrize("shape, n, group_size, bias", [
+    ((1, 768), 300, 0, False),  # a GEMV, K a multiple of 16
+    ((1, 100), 37, 0, True),  # K with a tail of 4
+    ((5, 70), 513, 32, False),  # groups with a partial last group, rows in blocks of 4 and one left over
+    ((2, 3, 96), 40, 48, True),  # batch dimensions, groups of 48 (not a multiple of 16)
+    ((4, 20), 9, 7, False),  # groups narrower than a vector
+])
+def test_int8_matmul_matches_dequantized_product(isa, shape, n, group_size, bias):
+    rng = np.random.default_rng(sum(shape) + n + group_size)
+    codes, scale, w = _int8_weight(rng, n, shape[-1], group_size)
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    a = rng.standard_normal(shape).astype(np.float32)
+    model = bort.int8_matmul_model(codes, scale, group_size=group_size, bias=b,
+                                   a_shape=[f"d{i}" for i in range(len(shape) - 1)] + [shape[-1]])
+    y = _run(model, a)
+    ref = a.astype(np.float64) @ w.T + (b if bias else 0)
+    assert y.shape == shape[:-1] + (n,) and y.dtype == np.float32
+    # the activations are rounded to int16 per row: each moves by at most max|row| / 65534; the integer sums are
+    # exact, the float32 steps (scales, group sums) add rounding of their own
+    rounding = np.abs(a).max(-1, keepdims=True) / 65534 * np.abs(w).sum(-1)
+    assert np.all(np.abs(y - ref) <= rounding + 1e-5 * (np.abs(a) @ np.abs(w).T) + 1e-6)
+
+
+def test_int8_matmul_long_rows_do_not_overflow(isa):
+    # every product at its largest (32767 * -128) over 20000 columns: beyond int32 in any lane unless the sums are
+    # flushed to float along the row
+    codes = np.full((3, 20000), -128, dtype=np.int8)
+    codes[1] = 127
+    scale = np.array([1.0, 0.5, 2.0], dtype=np.float32)
+    a = np.full((1, 20000), 3.0, dtype=np.float32)
+    y = _run(bort.int8_matmul_model(codes, scale), a)
+    want = [3.0 * -128 * 20000, 3.0 * 127 * 20000 * 0.5, 3.0 * -128 * 20000 * 2.0]
+    np.testing.assert_allclose(y[0], want, rtol=1e-6)
+
+
+def test_int8_matmul_two_threads_give_the_same_result():
+    rng = np.random.default_rng(7)
+    codes, scale, _ = _int8_weight(rng, 1000, 64)
+    a = rng.standard_normal((3, 64)).astype(np.float32)
+    model = bort.int8_matmul_model(codes, scale)
+    np.testing.assert_array_equal(_run(model, a, threads=1), _run(model, a, threads=2))
+
+
+def test_int8_matmul_errors():
+    rng = np.random.default_rng(8)
+    codes, scale, _ = _int8_weight(rng, 8, 32)
+    free = ["M", "K"]  # symbolic, so that ONNX Runtime's own shape check lets the op see the mismatch
+    a = np.zeros((2, 32), np.float32)
+    _expect_error(r"Int8MatMul node .*'A' has last dimension 31.*K=32", bort.int8_matmul_model(codes, scale, a_shape=free),
+                  np.zeros((2, 31), np.float32))
+    _expect_error(r"Int8MatMul node .*zero rows", bort.int8_matmul_model(codes, scale, a_shape=free),
+                  np.zeros((0, 32), np.float32))
+    _expect_error(r"'scale' has shape \[7\], expected \[8\] \(one per output row\)",
+                  bort.int8_matmul_model(codes, scale[:7]), a)
+    _expect_error(r"'scale' has shape \[8\], expected \[8, 2\] \(one per output row and group of 16",
+                  bort.int8_matmul_model(codes, scale, group_size=16), a)
+    _expect_error(r"'bias' has shape \[3\], expected \[8\]",
+                  bort.int8_matmul_model(codes, scale, bias=np.zeros(3, np.float32)), a)
+    _expect_error(r"'group_size' must be >= 0", bort.int8_matmul_model(codes, scale, group_size=-1), a)
+    # the declared input types let ONNX Runtime refuse a uint8 W when the session is created
+    _expect_error(r"input parameter \(W\) of operator \(Int8MatMul\)",
+                  bort.int8_matmul_model(codes.view(np.uint8), scale), a)

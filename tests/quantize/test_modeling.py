@@ -55,6 +55,23 @@ def test_activation_int8_mode_is_applied_in_both_load_paths(tiny_llama, tmp_path
     assert not torch.allclose(a8, a16, atol=1e-6)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
+def test_int8_embeddings_load_in_both_paths(fixture, request, tmp_path):
+    # an int8 embedding table is decoded into the nn.Embedding (a tied lm_head shares it); int8 activations
+    # belong to the block projections, so the embedding lookup and the head keep their float inputs
+    config = QuantConfig.for_bits(embeddings="int8", activations="int8")
+    bitconv.convert(request.getfixturevalue(fixture), tmp_path / "q", config, progress=False)
+    packed, dense = bitconv.load(tmp_path / "q"), bitconv.load(tmp_path / "q", dequantize=True)
+    reader = PackedReader(tmp_path / "q")
+    name = next(n for n, s in reader.specs.items() if s.scheme == "int8" and ("wte" in n or "embed_tokens" in n))
+    table = packed.get_input_embeddings().weight
+    assert torch.equal(table, dequantize(decode(reader.specs[name], reader.quantized_arrays(name))))
+    assert packed.get_output_embeddings().weight.data_ptr() == table.data_ptr()
+    ids = torch.arange(8).reshape(1, 8)
+    with torch.no_grad():
+        assert torch.allclose(packed(ids).logits, dense(ids).logits, atol=1e-5)
+
+
 def test_fp16_copy_matches_original(tiny_llama, tmp_path):
     bitconv.convert(tiny_llama, tmp_path / "f16", QuantConfig.for_bits(16), progress=False)
     ids = torch.arange(8).reshape(1, 8)

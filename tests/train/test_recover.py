@@ -171,7 +171,7 @@ def test_same_seed_same_bytes_on_cpu(bert_dir, sentiment, tmp_path):
 
 def test_resume_continues_to_the_same_result(bert_dir, sentiment, tmp_path, monkeypatch):
     _classify(bert_dir, sentiment, tmp_path / "full")
-    real = tasks.ClassifyTask.loss
+    real = tasks.ClassifyLoss.forward
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -180,11 +180,11 @@ def test_resume_continues_to_the_same_result(bert_dir, sentiment, tmp_path, monk
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.ClassifyTask, "loss", interrupted)
+    monkeypatch.setattr(tasks.ClassifyLoss, "forward", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _classify(bert_dir, sentiment, tmp_path / "resumed", save_every=5)
     assert _saved_step(tmp_path / "resumed.ckpt") == 5
-    monkeypatch.setattr(tasks.ClassifyTask, "loss", real)
+    monkeypatch.setattr(tasks.ClassifyLoss, "forward", real)
     with pytest.raises(BitconvError, match="pass --resume"):
         _classify(bert_dir, sentiment, tmp_path / "resumed", save_every=5)
     with pytest.raises(BitconvError, match=r"different configuration \(differs in: lr\)"):
@@ -228,15 +228,15 @@ def test_a_malicious_pickle_checkpoint_runs_nothing_and_fails_in_one_line(bert_d
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(bert_dir, sentiment, tmp_path, monkeypatch):
-    real = tasks.ClassifyTask.loss
+    real = tasks.ClassifyLoss.forward
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
-        loss, n = real(*args, **kwargs)
-        return (loss * float("nan") if calls["n"] == 7 else loss), n
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 7 else loss
 
-    monkeypatch.setattr(tasks.ClassifyTask, "loss", poisoned)
+    monkeypatch.setattr(tasks.ClassifyLoss, "forward", poisoned)
     with pytest.raises(BitconvError, match=r"training diverged at step 7 \(loss nan\).*step 4\) is kept") as err:
         _classify(bert_dir, sentiment, tmp_path / "out", save_every=4)
     assert "\n" not in str(err.value)

@@ -1,0 +1,167 @@
+"""Language-model recovery on a tiny Llama (CPU): text the model writes itself (the default), data from several
+sources mixed and reported per --eval set, the chunked head loss, FSDP2 over two gloo processes, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import bitconv
+from bitconv.data.sources import parse_source
+from bitconv.data.synth import SynthOptions, generate_stream
+from bitconv.data.tokens import TokenCache
+from bitconv.errors import BitconvError
+from bitconv.train import tasks
+from bitconv.train.config import RecoverConfig
+from bitconv.train.pipeline import recover
+from support.paths import FIXTURE_TEXT
+
+SMALL_TEACHER = "teacher:3k?length=32&batch=16"
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Path:
+    from support.tiny_models import make_llama
+
+    return make_llama(tmp_path_factory.mktemp("lm") / "llama", hidden=64, intermediate=128, layers=2)
+
+
+def _cfg(**kw) -> RecoverConfig:
+    options = dict(task="lm", steps=4, batch_size=4, seq_len=32, lr=3e-3, eval_tokens=600)
+    options.update(kw)
+    return RecoverConfig(**options)
+
+
+def test_without_train_the_model_writes_its_own_text_and_says_so(llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks, "DEFAULT_TRAIN", SMALL_TEACHER)
+    said = []
+    r = recover(str(llama), tmp_path / "out", config=_cfg(), device="cpu", progress=False,
+                cache_dir=tmp_path / "cache", say=said.append)
+    assert said[0].startswith(f"no --train given: recovering on text the original model writes itself (--train "
+                              f"{SMALL_TEACHER})")
+    held_out = f"{SMALL_TEACHER} (held-out last 160 tokens)"
+    assert r.metrics["train"] == [SMALL_TEACHER] and list(r.metrics["after"]["sets"]) == [held_out]
+    assert r.metrics["converted"]["perplexity"] == pytest.approx(r.metrics["after"]["perplexity"], rel=1e-3)
+    record = json.loads((tmp_path / "out" / "recovery.json").read_text())
+    assert record["recipe"]["distill"] is True and record["recipe"]["precision"] == "bf16"  # the lm defaults
+
+
+def test_generation_is_deterministic_cached_and_resumes_after_an_interruption(llama, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama)
+    model = tasks.LMTask(_cfg(), tok, None).load_model(str(llama))
+    opts = SynthOptions.from_spec(parse_source("teacher:200?length=16&batch=4"), seq_len=16, seed=3)
+    assert opts.n_batches == 4
+    cpu = torch.device("cpu")
+    full = np.asarray(generate_stream(model, tok, "k", opts, TokenCache(tmp_path / "a"), cpu, progress=False,
+                                      say=lambda _: None))
+    assert full.size == 13 * 16 and (full.reshape(13, 16)[:, 0] == tok.bos_token_id).all()
+    calls = {"n": 0}
+    real = torch.multinomial
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2 * 15 + 3:  # two batches of 15 sampled tokens, then part of the third
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    torch.multinomial = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            generate_stream(model, tok, "k", opts, TokenCache(tmp_path / "b"), cpu, progress=False, say=lambda _: None)
+    finally:
+        torch.multinomial = real
+    said = []
+    resumed = generate_stream(model, tok, "k", opts, TokenCache(tmp_path / "b"), cpu, progress=False, say=said.append)
+    assert said == ["teacher:200: resuming generation after batch 2 of 4"]
+    assert np.array_equal(np.asarray(resumed), full)
+    cached = generate_stream(model, tok, "k", opts, TokenCache(tmp_path / "b"), cpu, progress=False, say=said.append)
+    assert "from the cache" in said[-1] and np.array_equal(np.asarray(cached), full)
+
+
+def test_sources_mix_and_every_eval_set_is_reported(llama, tmp_path):
+    text = FIXTURE_TEXT.read_text()[:20000]
+    (tmp_path / "a.txt").write_text(text[:10000])
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"body": p}) + "\n" for p in text[10000:].split("\n\n")))
+    (tmp_path / "held.txt").write_text(text[-3000:])
+    r = recover(str(llama), tmp_path / "out", train=[f"{tmp_path / 'a.txt'}?weight=1",
+                                                     f"{tmp_path / 'b.jsonl'}?column=body&weight=3"],
+                eval=[str(tmp_path / "held.txt"), SMALL_TEACHER], config=_cfg(distill=False), device="cpu",
+                progress=False, cache_dir=tmp_path / "cache", say=lambda _: None)
+    sets = r.metrics["after"]["sets"]
+    assert list(sets) == [str(tmp_path / "held.txt"), SMALL_TEACHER]
+    assert r.metrics["after"]["perplexity"] == sets[str(tmp_path / "held.txt")]["perplexity"]
+    from bitconv.evaluate.metrics import evaluate_model
+
+    # the held-out text file is scored exactly as `bitconv eval` scores it
+    again = evaluate_model(str(tmp_path / "out"), "perplexity", str(tmp_path / "held.txt"), context=32, max_tokens=600,
+                           batch_size=8, latency_repeats=0, progress=False)
+    assert again["metrics"]["perplexity"] == pytest.approx(r.metrics["converted"]["sets"][str(tmp_path / "held.txt")]
+                                                           ["perplexity"], rel=1e-6)
+
+
+@pytest.mark.parametrize("train,pattern", [
+    ("teacher:0", r"teacher:0: the generation budget must be a positive number of tokens"),
+    ("teacher:10", r"teacher:10: 10 tokens is below one training block of --seq-len 32"),
+    ("teacher:1k?weight=-1", r"weight '-1' must be a number >= 0"),
+])
+def test_bad_lm_input_is_one_line_and_writes_nothing(llama, tmp_path, train, pattern):
+    with pytest.raises(BitconvError, match=pattern) as err:
+        recover(str(llama), tmp_path / "out", train=train, config=_cfg(), device="cpu", progress=False,
+                cache_dir=tmp_path / "cache", say=lambda _: None)
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists() and not (tmp_path / "out.ckpt").exists()
+
+
+def test_the_cli_prints_one_line_and_exits_non_zero(llama, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(Path(bitconv.__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "bitconv", "recover", str(llama), "--task", "lm", "--train",
+                           "teacher:0", "--device", "cpu", "--cache-dir", str(tmp_path / "c"), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().count("\n") == 0 and "generation budget must be a positive" in proc.stderr
+
+
+def test_fsdp_refuses_a_model_it_cannot_wrap_and_a_single_process():
+    from torch import nn
+
+    from bitconv.train.runtime import shard
+
+    with pytest.raises(BitconvError, match=r"--fsdp cannot wrap a Sequential: it names no transformer block class"):
+        shard(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(BitconvError, match=r"--fsdp shards the model over several processes: start them with torchrun"):
+        recover("unused", "unused-out", config=_cfg(), device="cpu", fsdp=True)
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_cpu_processes_over_gloo(llama, tmp_path):
+    (tmp_path / "t.txt").write_text(FIXTURE_TEXT.read_text()[:30000])
+    script = tmp_path / "fsdp.py"
+    script.write_text(
+        "from bitconv.train.config import RecoverConfig\nfrom bitconv.train.pipeline import recover\n"
+        "cfg = RecoverConfig(task='lm', steps=4, batch_size=2, seq_len=32, lr=3e-3, eval_tokens=600)\n"
+        f"r = recover({str(llama)!r}, {str(tmp_path / 'out')!r}, train={str(tmp_path / 't.txt')!r}, config=cfg, "
+        f"device='cpu', progress=False, fsdp=True, save_every=2, cache_dir={str(tmp_path / 'cache')!r})\n"
+        "print('RESULT', r.metrics['converted']['perplexity'] if r.metrics else 'worker')\n")
+    with socket.socket() as sock:  # a free port on loopback for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(Path(bitconv.__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), str(script)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("RESULT worker") == 1 and proc.stdout.count("RESULT ") == 2
+    record = json.loads((tmp_path / "out" / "recovery.json").read_text())
+    assert record["metrics"]["batch_size"] == 4 and record["metrics"]["steps"] == 4
+    state = json.loads((tmp_path / "out.ckpt" / "state" / "state.json").read_text())
+    assert state["step"] == 4 and state["fingerprint"]["world_size"] == 2
+    assert bitconv.load(tmp_path / "out") is not None
