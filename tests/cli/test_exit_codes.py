@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from support.isolation import bitconv_process, one_line_error, snapshot
-from support.packed_files import write_bitconv_folder
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +64,11 @@ def test_a_signal_during_convert_removes_the_half_written_output(source, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_a_signal_during_an_onnx_export_removes_its_scratch_folder(tmp_path):
-    folder = write_bitconv_folder(tmp_path / "packed")
+def test_a_signal_during_an_onnx_export_removes_its_scratch_folder(run_cli, tiny_bert, tmp_path):
+    """An encoder is traced by torch.onnx in a scratch folder of the system temporary folder."""
+    folder = tmp_path / "packed"
+    code, _, err = run_cli("convert", tiny_bert, "--out", folder)
+    assert code == 0, err
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     before = snapshot(folder)
