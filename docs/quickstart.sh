@@ -15,7 +15,7 @@ bitconv inspect "$work/minilm-1.58"
 python - "$model" "$work/minilm-1.58" <<'PY'
 import sys, torch, bitconv
 from bitconv.quantize.source import load_original, load_tokenizer
-original, packed = load_original(sys.argv[1]), bitconv.load(sys.argv[2])
+original, packed = load_original(sys.argv[1]), bitconv.load(sys.argv[2], dtype=torch.float32)
 tok = load_tokenizer(sys.argv[2])
 batch = tok(["A ternary model keeps 1.58 bits per weight.", "The cat sat on the mat."], return_tensors="pt", padding=True)
 with torch.no_grad():

@@ -446,7 +446,7 @@ def _encoder_graph(folder: Path, reader: PackedReader, target: str, act_quant: b
 
     _check_supported(reader.specs, target, ("ternary",))
     quantized = _quantized_weights(reader)
-    model = load(folder, dequantize=True)
+    model = load(folder, dequantize=True, dtype=torch.float32)  # the float graph; fp16 is restored at run time
     _eager_attention(model)
     if act_quant and target == "op":
         # the op quantizes its own input (act_quant=1): drop load()'s int8 pre-hooks so it is not done twice

@@ -8,7 +8,7 @@ model. Here every block is a handful of ONNX Runtime's fused contrib ops (com.mi
            SkipLayerNormalization, fc, FastGelu, proj                                         8 nodes a block
     Llama  SkipSimplifiedLayerNormalization, qkv (q, k, v stacked into one matrix), GroupQueryAttention (rotary
            inside), o projection, SkipSimplifiedLayerNormalization, gate|up (stacked), Split, QuickGelu
-           (alpha 1: SiLU), Mul, down                                                         11 nodes a block
+           (alpha 1: SiLU), Mul, down                                                         10 nodes a block
 
 plus the embedding lookup (2-5 nodes), 5 nodes that turn attention_mask into GroupQueryAttention's sequence
 lengths, the final norm and the lm_head. Each skip-norm also returns the residual sum, so residual adds cost no

@@ -15,6 +15,10 @@ import numpy as np
 FORMAT_NAME = "bitconv-packed"
 FORMAT_VERSION = 1
 QUANT_METHOD = "bitconv"
+# config.json key and value that make transformers without bitconv refuse a folder instead of loading random
+# projections (it skips an unknown quant_method); bitconv's quantizer removes them (formats/SPEC.md)
+TRANSFORMERS_GUARD_KEY = "transformers_weights"
+TRANSFORMERS_GUARD = "bitconv-packed weights need bitconv: pip install bitconv, then import bitconv before from_pretrained"
 
 # keys of every packed file's safetensors __metadata__
 META_FORMAT = "bitconv.format"
@@ -117,6 +121,7 @@ SIDE_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
     "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json", "chat_template.jinja",
     "sentence_bert_config.json", "modules.json", "config_sentence_transformers.json",
+    "preprocessor_config.json",  # image models: resizing and normalisation of the pixels
 )
 
 def category_totals(rows, *, all_categories: bool = False, with_total: bool = False) -> dict[str, dict]:

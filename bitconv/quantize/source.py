@@ -19,15 +19,9 @@ import torch
 
 from bitconv.errors import BitconvError, FormatError, SourceError
 from bitconv.format.safetensors import open_regular, read_json_file, read_safetensors_header, read_weight_map
-from bitconv.format.vocab import DTYPE_BY_ST, torch_dtype
+from bitconv.format.vocab import DTYPE_BY_ST, SIDE_FILES, torch_dtype
 from bitconv.hub.ids import is_repo_id
 
-# files copied unchanged from a source folder into a converted folder
-SIDE_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-    "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json", "chat_template.jinja",
-    "sentence_bert_config.json", "modules.json", "config_sentence_transformers.json",
-)
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
 
 
@@ -152,6 +146,13 @@ def _load_pickles(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def hub_unreachable(repo_id: str) -> SourceError:
+    """The error for a Hub model that is neither reachable nor in the local cache."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    why = "HF_HUB_OFFLINE is set and it is not in the cache" if offline else "the Hub cannot be reached and it is not in the cache"
+    return SourceError(f"cannot get Hub model '{repo_id}': {why}; download it once online or pass a local folder")
+
+
 def _hub_snapshot(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -171,9 +172,7 @@ def _hub_snapshot(repo_id: str, revision: str | None, allow_pickle: bool) -> Pat
     except RepositoryNotFoundError:
         raise SourceError(f"'{repo_id}' is neither a local path nor a Hub model that exists (or you lack access)") from None
     except LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        why = "HF_HUB_OFFLINE is set and it is not in the cache" if offline else "the Hub cannot be reached and it is not in the cache"
-        raise SourceError(f"cannot get Hub model '{repo_id}': {why}; download it once online or pass a local folder") from None
+        raise hub_unreachable(repo_id) from None
     except (OSError, ValueError) as exc:
         raise SourceError(f"cannot get Hub model '{repo_id}': {str(exc).splitlines()[0]}") from None
 
@@ -379,3 +378,17 @@ def load_tokenizer(spec: str | os.PathLike):
     except Exception as exc:  # tokenizer files are untrusted: transformers raises KeyError, TypeError, ... on odd ones
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SourceError(f"{spec}: no usable tokenizer ({reason})") from None
+
+
+def load_image_processor(spec: str | os.PathLike):
+    """The image processor (resizing, normalisation: preprocessor_config.json) of an image model's folder."""
+    from transformers import AutoImageProcessor
+
+    path = Path(str(spec)).expanduser()
+    try:
+        if not path.exists():
+            path = open_source(spec).folder
+        return AutoImageProcessor.from_pretrained(str(path))
+    except Exception as exc:  # preprocessor files are untrusted too: transformers raises many types on odd ones
+        raise SourceError(f"{spec}: no usable image processor ({str(exc).splitlines()[0]}); an image model's folder "
+                          "needs the preprocessor_config.json it was trained with") from None

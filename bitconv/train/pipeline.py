@@ -228,7 +228,8 @@ def write_folder(model: nn.Module, tok, task, source: str, out: Path, cfg: Recov
         with staged_folder(out) as staged:
             convert(str(latent), staged, cfg.quant, force=True, progress=False,
                     outliers={name: idx.cpu().tolist() for name, idx in outliers.items()} or None)
-            metrics["converted"] = task.evaluate(load(staged).to(rt.device))
+            # as trained (float32), not the stored float16
+            metrics["converted"] = task.evaluate(load(staged, dtype=torch.float32).to(rt.device))
             card = staged / "README.md"
             card.write_text(card.read_text() + recovery_card(source_name(source), cfg.distill, metrics))
             write_json_atomic(staged / "recovery.json", {"recipe": cfg.to_dict(), "metrics": metrics, "log": log})

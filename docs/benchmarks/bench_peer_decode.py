@@ -13,9 +13,10 @@ per tensor, absmean; --embeddings and --activations as given, else bitconv's def
 Each folder is exported to ONNX (targets op, matmulnbits, float) and to GGUF TQ2_0 (bitconv's own exporter;
 its float16 embeddings stay F16, int8 ones become Q8_0). Timing: for each thread count, --rounds rounds in
 which every engine in turn decodes --tokens tokens after the prompt (the prompt's pass is not timed); the
-tables give each engine's median tokens/s and the ratios of medians from the same run. ONNX Runtime's idle
-pool threads sleep (spin off) above one thread, as llama.cpp's do. The machine, date and load average are
-printed with the tables.
+tables give each engine's median tokens/s and the ratios of medians from the same run. Above one thread ONNX
+Runtime's idle pool threads do not busy-wait (spin off: on a shared machine spinning made 2 threads slower than
+1, docs/benchmarks/gemv.md); llama.cpp runs with llama-cpp-python's defaults. The machine, date and load average
+are printed with the tables.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def test_torch_unpacking_equals_numpy_reference(bits, gran, packing):
     arrays = encode(q)
     ref = decode_codes(q.spec, arrays[".qcodes"])
     assert np.array_equal(unpack_codes_torch(q.spec, torch.from_numpy(arrays[".qcodes"])).numpy(), ref)
-    layer = PackedLinear(q.spec, arrays)
+    layer = PackedLinear.from_arrays(q.spec, arrays)
     assert torch.equal(layer.weight_float(), dequantize(decode(q.spec, arrays)))
 
 
@@ -28,8 +28,8 @@ def test_torch_unpacking_equals_numpy_reference(bits, gran, packing):
 def test_load_matches_dequantized_reference(fixture, request, tmp_path):
     src = request.getfixturevalue(fixture)
     bitconv.convert(src, tmp_path / "q", QuantConfig.for_bits(keep_outliers="0.2%"), progress=False)
-    packed = bitconv.load(tmp_path / "q")
-    dense = bitconv.load(tmp_path / "q", dequantize=True)
+    packed = bitconv.load(tmp_path / "q", dtype=torch.float32)
+    dense = bitconv.load(tmp_path / "q", dequantize=True, dtype=torch.float32)
     assert any(isinstance(m, PackedLinear) for m in packed.modules())
     assert not any(isinstance(m, PackedLinear) for m in dense.modules())
     # the packed modules decode to exactly what the reference decoder gives for the file
@@ -57,16 +57,17 @@ def test_activation_int8_mode_is_applied_in_both_load_paths(tiny_llama, tmp_path
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
 def test_int8_embeddings_load_in_both_paths(fixture, request, tmp_path):
-    # an int8 embedding table is decoded into the nn.Embedding (a tied lm_head shares it); int8 activations
+    # an int8 token table stays packed (PackedEmbedding; a tied lm_head decodes the same codes); int8 activations
     # belong to the block projections, so the embedding lookup and the head keep their float inputs
     config = QuantConfig.for_bits(embeddings="int8", activations="int8")
     bitconv.convert(request.getfixturevalue(fixture), tmp_path / "q", config, progress=False)
-    packed, dense = bitconv.load(tmp_path / "q"), bitconv.load(tmp_path / "q", dequantize=True)
+    packed = bitconv.load(tmp_path / "q", dtype=torch.float32)
+    dense = bitconv.load(tmp_path / "q", dequantize=True, dtype=torch.float32)
     reader = PackedReader(tmp_path / "q")
     name = next(n for n, s in reader.specs.items() if s.scheme == "int8" and ("wte" in n or "embed_tokens" in n))
-    table = packed.get_input_embeddings().weight
-    assert torch.equal(table, dequantize(decode(reader.specs[name], reader.quantized_arrays(name))))
-    assert packed.get_output_embeddings().weight.data_ptr() == table.data_ptr()
+    reference = dequantize(decode(reader.specs[name], reader.quantized_arrays(name)))
+    assert torch.equal(packed.get_input_embeddings().weight_float(), reference)
+    assert torch.equal(dense.get_input_embeddings().weight, reference)
     ids = torch.arange(8).reshape(1, 8)
     with torch.no_grad():
         assert torch.allclose(packed(ids).logits, dense(ids).logits, atol=1e-5)

@@ -100,11 +100,12 @@ def test_sources_mix_and_every_eval_set_is_reported(llama, tmp_path):
     sets = r.metrics["after"]["sets"]
     assert list(sets) == [str(tmp_path / "held.txt"), SMALL_TEACHER]
     assert r.metrics["after"]["perplexity"] == sets[str(tmp_path / "held.txt")]["perplexity"]
-    from bitconv.evaluate.metrics import evaluate_model
+    from bitconv.evaluate.run import EvalConfig, evaluate_model
 
     # the held-out text file is scored exactly as `bitconv eval` scores it
-    again = evaluate_model(str(tmp_path / "out"), "perplexity", str(tmp_path / "held.txt"), context=32, max_tokens=600,
-                           batch_size=8, latency_repeats=0, progress=False)
+    config = EvalConfig("perplexity", str(tmp_path / "held.txt"), context=32, max_tokens=600, batch_size=8,
+                        latency_repeats=0)
+    again = evaluate_model(str(tmp_path / "out"), config, progress=False)
     assert again["metrics"]["perplexity"] == pytest.approx(r.metrics["converted"]["sets"][str(tmp_path / "held.txt")]
                                                            ["perplexity"], rel=1e-6)
 
