@@ -97,8 +97,12 @@ def _run() -> int:
     except _CLICK_ERRORS as exc:
         exc.show()
         code = exc.exit_code
-    except (KeyboardInterrupt, *_ABORTS):
+    except KeyboardInterrupt:  # our handler's, for SIGINT and SIGTERM: the line is printed below
         code = 130
+    except _ABORTS:  # older click turns Ctrl-C into Abort: then the signal's line below is the only one
+        if _state["signal"] is None:
+            err_console.print("aborted")
+        code = 1
     except BitconvError as exc:
         if _state["debug"]:
             raise

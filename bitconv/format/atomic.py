@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import stat
@@ -35,13 +36,6 @@ REPLACED = ".replaced-"  # an old output moved aside while the new one is rename
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
-def _default_mode(directory: bool) -> int:
-    """The permissions an ordinary mkdir/open would give under the current umask (mkdtemp would give 0700)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
-
 def _related(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
@@ -50,10 +44,12 @@ def check_output(out: str | os.PathLike, *, force: bool, inputs: Iterable[str | 
                  option: str = "--out", kind: str = "folder") -> Path:
     """Refuse an output bitconv must not write (see the module docstring). `kind`: "folder" or "file" (replaced as
     a whole, with `force`), or "results" (a folder bitconv adds its files to: an existing folder is kept, never
-    replaced). Returns `out` with ~ expanded."""
+    replaced). A previous output that a killed run had moved aside is put back first. Returns `out` with ~
+    expanded."""
     if kind not in ("file", "folder", "results"):
         raise ValueError(f"unknown output kind {kind!r}")
     out = Path(out).expanduser()
+    _put_back_replaced(out)
     resolved = out.resolve()
     for given in inputs:
         source = Path(given).expanduser().resolve()
@@ -159,23 +155,33 @@ def _pid_is_gone(pid: int) -> bool:
     return False
 
 
-def remove_stale(directory: Path, prefix: str) -> list[Path]:
-    """Remove `directory`'s entries named `prefix` + HOST-PID-XXXX whose process (on this host) is gone and that
-    this user owns: temporaries of bitconv runs that were killed. Returns what was removed."""
+def stale_temporaries(directory: Path, prefix: str) -> list[Path]:
+    """`directory`'s entries named `prefix` + HOST-PID-XXXX whose process (on this host) is gone and that this user
+    owns: temporaries of bitconv runs that were killed."""
     pattern = re.compile(re.escape(prefix) + r"(?P<host>.+)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
     host = socket.gethostname()
-    removed = []
     try:
         entries = list(Path(directory).iterdir())
     except OSError:
-        return removed
+        return []
+    stale = []
     for entry in entries:
         match = pattern.match(entry.name)
         if not match or match["host"] != host or not _pid_is_gone(int(match["pid"])):
             continue
         try:
-            if entry.lstat().st_uid != os.getuid():
-                continue
+            if entry.lstat().st_uid == os.getuid():
+                stale.append(entry)
+        except OSError:
+            continue  # another run cleaned it first
+    return stale
+
+
+def remove_stale(directory: Path, prefix: str) -> list[Path]:
+    """Remove the stale temporaries (see `stale_temporaries`); returns what was removed."""
+    removed = []
+    for entry in stale_temporaries(directory, prefix):
+        try:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
@@ -197,13 +203,18 @@ def _remove_quietly(path: Path) -> None:
         pass
 
 
-def _mkdtemp(prefix: str, directory: Path, option: str, what: Path) -> Path:
+def _temporary_name(directory: Path, prefix: str) -> Path:
+    return directory / f"{prefix}{_owner_tag()}{secrets.token_hex(4)}"
+
+
+def _mkdir(path: Path, option: str, what: Path) -> None:
+    """Create a temporary folder whose name the caller already holds, so that a signal arriving at any moment
+    after this call started finds it in the caller's cleanup. os.mkdir applies the umask, as a user's mkdir does
+    (tempfile.mkdtemp would make it 0700)."""
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix + _owner_tag(), dir=directory))
-        os.chmod(tmp, _default_mode(directory=True))
+        os.mkdir(path)
     except OSError as exc:
-        raise OutputError(f"cannot write in {directory} ({exc.strerror}); choose another {option} than {what}") from None
-    return tmp
+        raise OutputError(f"cannot write in {path.parent} ({exc.strerror}); choose another {option} than {what}") from None
 
 
 @contextmanager
@@ -224,21 +235,50 @@ def staged_folder(out: str | os.PathLike, *, option: str = "--out") -> Iterator[
     out = Path(out).expanduser()
     _make_parent(out, option)
     remove_stale(out.parent, f".{out.name}{PARTIAL}")
+    _put_back_replaced(out)
     remove_stale(out.parent, f".{out.name}{REPLACED}")
-    tmp = _mkdtemp(f".{out.name}{PARTIAL}", out.parent, option, out)
+    tmp = _temporary_name(out.parent, f".{out.name}{PARTIAL}")
     try:
+        _mkdir(tmp, option, out)
         with _reporting_write_errors(out, tmp, option):
             yield tmp
             if os.path.lexists(out):
-                old = _mkdtemp(f".{out.name}{REPLACED}", out.parent, option, out)
-                os.replace(out, old / out.name)
-                os.replace(tmp, out)
-                _remove_quietly(old)
+                _swap_in(tmp, out, option)
             else:
                 os.replace(tmp, out)
     except BaseException:  # KeyboardInterrupt and SIGTERM included: never leave a half-written output behind
         _remove_quietly(tmp)
         raise
+
+
+def _put_back_replaced(out: Path) -> None:
+    """A run killed between the two renames of `_swap_in` left the previous output in a stale `.replaced-` folder
+    and no `out`: put it back, so that the killed run changed nothing."""
+    if os.path.lexists(out):
+        return
+    for stale in stale_temporaries(out.parent, f".{out.name}{REPLACED}"):
+        try:
+            os.replace(stale / out.name, out)
+            return
+        except OSError:
+            continue
+
+
+def _swap_in(tmp: Path, out: Path, option: str) -> None:
+    """Replace the folder `out` by `tmp`: the old one is moved aside, the new one renamed into place, the old one
+    removed. Interrupted between the two renames, the old one is put back (or, if killed, by the next run)."""
+    old = _temporary_name(out.parent, f".{out.name}{REPLACED}")
+    try:
+        _mkdir(old, option, out)
+        os.replace(out, old / out.name)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old / out.name, out)
+            raise
+    finally:
+        if not os.path.lexists(old / out.name) or os.path.lexists(out):
+            _remove_quietly(old)
 
 
 @contextmanager
@@ -266,8 +306,9 @@ def scratch_folder(prefix: str, *, beside: Path | None = None, option: str = "--
     if beside is not None:
         _make_parent(Path(beside).expanduser(), option)
     remove_stale(directory, prefix)
-    tmp = _mkdtemp(prefix, directory, option, beside or directory)
+    tmp = _temporary_name(directory, prefix)
     try:
+        _mkdir(tmp, option, beside or directory)
         if beside is None:
             yield tmp
         else:

@@ -286,19 +286,24 @@ def _bitconv_model_config(source: str | os.PathLike, revision: str | None) -> tu
     from transformers import AutoConfig
 
     from bitconv.hub.ids import is_repo_id
-    from bitconv.quantize.source import hub_unreachable
+    from bitconv.quantize.source import hub_unreachable, load_config
 
     path = Path(str(source)).expanduser()
     local = path.is_dir()
     text = str(path) if local else str(source)
     if not local and not is_repo_id(text):
         raise SourceError(f"'{text}' does not exist (neither a folder nor a Hub id)")
+    if local:  # config.json is untrusted: read strictly (no FIFO, no repeated key), every transformers error one line
+        return text, load_config(path, error=FormatError)
     try:
         config = AutoConfig.from_pretrained(text, revision=revision)
     except OSError as exc:
         if isinstance(exc.__cause__, LocalEntryNotFoundError):
             raise hub_unreachable(text) from None
         raise SourceError(f"{text}: no usable config.json ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # transformers raises ValueError, TypeError, KeyError ... for configs it cannot read
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FormatError(f"{text}: transformers cannot read its config.json ({reason})") from None
     method = (getattr(config, "quantization_config", None) or {}).get("quant_method")
     if method != QUANT_METHOD:
         raise FormatError(f"{text}: not a bitconv output folder (quantization_config.quant_method is {method!r}, "
@@ -319,12 +324,13 @@ def load(source: str | os.PathLike, *, dequantize: bool = False, dtype: torch.dt
     from bitconv.format.reader import open_bitconv_folder
     from bitconv.quantize.source import check_model_shapes, model_class_for
 
+    folder = Path(str(source)).expanduser()
+    # the strict reader on every file and config.json's sizes against the tensors, before transformers reads
+    # config.json; then the model's shapes on the meta device, before transformers allocates anything
+    reader = open_bitconv_folder(folder)[1] if folder.is_dir() else None
     source, config = _bitconv_model_config(source, revision)
     cls = model_class or model_class_for(config, error=FormatError, where=f"{source}/config.json")
-    if Path(source).is_dir():
-        # the strict reader on every file, and config.json's sizes against the tensors on the meta device, before
-        # transformers allocates anything a hostile config.json asks for
-        _, reader = open_bitconv_folder(Path(source))
+    if reader is not None:
         check_model_shapes(cls, config, reader.logical_shapes(), source)
     from transformers.utils import logging as hf_logging
 

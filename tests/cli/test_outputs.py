@@ -193,6 +193,17 @@ def test_stale_temporaries_of_killed_runs_are_removed_by_the_next_run(run_cli, w
     assert not stale.exists() and not replaced.exists() and all(p.exists() for p in kept)
 
 
+def test_an_output_a_killed_run_had_moved_aside_is_put_back(run_cli, work, tmp_path):
+    """Killed between moving the old output aside and renaming the new one in: the next run finds the old output
+    back in place (so without --force it is not replaced)."""
+    aside = tmp_path / f".q.replaced-{socket.gethostname()}-{dead_pid()}-ab12"
+    (aside / "q").mkdir(parents=True)
+    (aside / "q" / "config.json").write_text('{"previous": true}')
+    message = refused(run_cli, "convert", work / "models" / "llama", "--out", tmp_path / "q")
+    assert "already exists" in message
+    assert json.loads((tmp_path / "q" / "config.json").read_text()) == {"previous": True}
+
+
 def test_stale_scratch_folders_in_the_temporary_folder_are_removed(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     host, gone = socket.gethostname(), dead_pid()

@@ -47,8 +47,9 @@ def test_a_fifo_in_a_bitconv_folder_is_refused_without_hanging(folder, name):
     (folder / name).unlink(missing_ok=True)
     os.mkfifo(folder / name)
     before = snapshot(folder)
-    code, _, err = bitconv_process("inspect", folder, timeout=60)
-    assert code == 1 and "not a regular file" in one_line_error(err), err
+    for args in (("inspect", folder), ("eval", folder, "--data", FIXTURE_TEXT, "--max-tokens", "32")):  # eval: load()
+        code, _, err = bitconv_process(*args, timeout=90)
+        assert code == 1 and "not a regular file" in one_line_error(err), err
     assert snapshot(folder) == before
 
 
