@@ -105,6 +105,6 @@ def register(app: typer.Typer) -> None:
         for key in ("original", "teacher", "before", "after", "converted"):
             if key in m:
                 sets = m[key].get("sets") or {"": m[key]}
-                for name, result in sets.items():
-                    typer.echo(f"{key:>9}: {headline(result)}" + (f"  ({name})" if len(sets) > 1 else ""))
+                for name, scored in sets.items():
+                    typer.echo(f"{key:>9}: {headline(scored)}" + (f"  ({name})" if len(sets) > 1 else ""))
         typer.echo(f"wrote {result.out} (recipe and metrics in {result.out / 'recovery.json'})")

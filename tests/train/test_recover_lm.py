@@ -166,3 +166,14 @@ def test_fsdp2_on_two_cpu_processes_over_gloo(llama, tmp_path):
     state = json.loads((tmp_path / "out.ckpt" / "state" / "state.json").read_text())
     assert state["step"] == 4 and state["fingerprint"]["world_size"] == 2
     assert bitconv.load(tmp_path / "out") is not None
+
+
+def test_cli_recover_prints_every_eval_set_and_the_folder(llama, tmp_path, run_cli):
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(
+        "recover", llama, "--task", "lm", "--train", f"{FIXTURE_TEXT}?weight=1", "--eval", FIXTURE_TEXT,
+        "--eval", SMALL_TEACHER, "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--eval-tokens", "200",
+        "--device", "cpu", "--no-progress", "--cache-dir", tmp_path / "cache", "--out", out)
+    assert code == 0, stderr
+    assert f"wrote {out} (recipe and metrics in {out / 'recovery.json'})" in stdout
+    assert stdout.count("converted:") == 2 and f"({SMALL_TEACHER})" in stdout
