@@ -36,7 +36,7 @@ from bitconv.quantize.config import QuantConfig, parse_size
 from bitconv.quantize.plan import Plan, PlanRow, plan_for_source
 from bitconv.quantize.schemes import encode, quantize
 from bitconv.quantize.source import Source, check_side_files, open_source
-from bitconv.report.model_card import conversion_card
+from bitconv.report.model_card import conversion_card, license_of_card
 
 
 @dataclass
@@ -183,7 +183,9 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, config: QuantConf
                 write_json_atomic(tmp / "model.safetensors.index.json", index)
             _write_config(src, cfg, tmp)
             _copy_side_files(src, tmp)
-            card = conversion_card(Path(str(src.spec)).name, _source_label(src), src.revision, cfg.to_dict(), plan.totals())
+            source_card = Path(src.folder) / "README.md" if src.kind != "gguf" else None  # beside a GGUF: not its card
+            card = conversion_card(Path(str(src.spec)).name, _source_label(src), src.revision, cfg.to_dict(), plan.totals(),
+                                   license_of_card(source_card) if source_card else None)
             (tmp / "README.md").write_text(card)
     except BaseException:  # includes KeyboardInterrupt: close what is open; staged_folder removed the files
         for w in writers:

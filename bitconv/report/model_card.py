@@ -53,16 +53,24 @@ def front_matter(text: str) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def source_license(folder: Path, config: dict, source: str | None) -> tuple[str | None, str]:
-    """(license, where it came from): the folder's README (copied from the source), the source folder, config."""
-    candidates = [folder / "README.md"]
-    if source and Path(source).is_dir():
-        candidates.append(Path(source) / "README.md")
-    for readme in candidates:
-        if readme.is_file():
-            meta = front_matter(readme.read_text(errors="replace"))
-            if isinstance(meta.get("license"), str):
-                return meta["license"], f"the source model card ({readme.name})"
+def license_of_card(readme: Path) -> str | None:
+    """The `license:` of a model card's front matter; None when the file is missing, not a regular file of at
+    most 1 MB (a card, not a hanging FIFO or a huge file), or names none."""
+    try:
+        if not readme.is_file() or readme.stat().st_size > 1 << 20:
+            return None
+        meta = front_matter(readme.read_text(errors="replace"))
+    except OSError:
+        return None
+    return meta["license"] if isinstance(meta.get("license"), str) else None
+
+
+def source_license(folder: Path, config: dict) -> tuple[str | None, str]:
+    """(license, where it came from): the folder's README (convert records the source card's license there), else
+    config.json. Only the folder itself is read: the source recorded in its config is not a path to trust."""
+    license_id = license_of_card(folder / "README.md")
+    if license_id:
+        return license_id, "the source model card (README.md)"
     if isinstance(config.get("license"), str):
         return config["license"], "config.json"
     return None, ""
@@ -262,7 +270,7 @@ def build_model_card(folder: Path, repo_id: str, report: Path | None = None) -> 
     architectures = config.get("architectures") or []
     pipeline = next((task for arch in architectures for suffix, task in PIPELINE_BY_ARCH_SUFFIX.items()
                      if arch.endswith(suffix)), None)
-    license_id, license_from = source_license(folder, config, source)
+    license_id, license_from = source_license(folder, config)
     base_model = hub_base_model(qc)
     report = report or find_report(folder)
     accuracy = report_section(report) if report else None
@@ -334,9 +342,12 @@ def build_model_card(folder: Path, repo_id: str, report: Path | None = None) -> 
     return "\n".join(lines) + "\n", report
 
 
-def conversion_card(title: str, source_label: str, revision: str | None, options: dict, totals: dict) -> str:
-    """The README.md that `convert` writes into every output folder (`push` writes a fuller one for the Hub)."""
-    lines = [f"# {title} converted by bitconv", "",
+def conversion_card(title: str, source_label: str, revision: str | None, options: dict, totals: dict,
+                    license_id: str | None = None) -> str:
+    """The README.md that `convert` writes into every output folder (`push` writes a fuller one for the Hub); the
+    source card's license, when it has one, goes into the front matter, where `push` finds it."""
+    lines = ["---", yaml.safe_dump({"license": license_id}).strip(), "---", ""] if license_id else []
+    lines += [f"# {title} converted by bitconv", "",
              f"Source: `{source_label}`" + (f" (revision `{revision}`)" if revision else ""),
              f"Format: {FORMAT_NAME} version {FORMAT_VERSION} (see bitconv's formats/SPEC.md)", "",
              "| category | parameters | bytes |", "|---|---|---|"]

@@ -317,3 +317,19 @@ def test_card_with_a_real_bitconv_report(hub, tiny_llama, tmp_path):
     assert "| model | perplexity | vs baseline | verdict | file bytes | bits/weight | ms/token |" in card
     for run in runs:
         assert f"| {run['label']} | {run['metric']:.4g} |" in card
+
+
+def test_card_reads_no_file_outside_the_folder(hub, tmp_path, monkeypatch):
+    """The source named in an untrusted config is a label, not a path: a README beside it is never read."""
+    from support.packed_files import write_bitconv_folder
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "README.md").write_text("---\nlicense: from-outside\n---\n")
+    folder = write_bitconv_folder(tmp_path / "plain-1.58", readme="# no front matter\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"]["source"] = str(outside)
+    (folder / "config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)
+    card = plan_push(folder, "test-user/plain-1.58").card
+    assert "license" not in front_matter(card) and "from-outside" not in card

@@ -205,3 +205,15 @@ def test_helpers():
     assert category_of("model.embed_tokens.weight") == "embedding"
     assert category_of("model.layers.3.mlp.up_proj.weight") == "linear"
     assert category_of("model.layers.3.input_layernorm.weight", ndim=1) == "other"
+
+
+def test_the_source_cards_license_is_recorded_in_the_folders_card(tiny_gpt2, tmp_path):
+    from bitconv.report.model_card import front_matter
+
+    source = tmp_path / "licensed"
+    shutil.copytree(tiny_gpt2, source)
+    (source / "README.md").write_text("---\nlicense: apache-2.0\n---\n# the source card\n")
+    bitconv.convert(source, tmp_path / "out", progress=False)
+    assert front_matter((tmp_path / "out" / "README.md").read_text()) == {"license": "apache-2.0"}
+    bitconv.convert(tiny_gpt2, tmp_path / "plain", progress=False)  # no source card: no front matter
+    assert front_matter((tmp_path / "plain" / "README.md").read_text()) == {}
