@@ -542,6 +542,17 @@ static int parse_one_stored(bcr_file *f, stored_t *t, const jval *e, char *err, 
                 f->path, t->name, (unsigned long long)(t->end - t->begin), t->dtype);
         return -1;
     }
+    /* SPEC.md: the non-zero entries times the largest dtype size fit int64, an empty tensor included (no reader
+     * could make such an array, so it is refused here rather than wherever it is used) */
+    uint64_t span = 8;
+    int k;
+    for (k = 0; k < t->ndim; k++)
+        if (t->shape[k] && mul_u64(span, (uint64_t)t->shape[k], &span)) span = UINT64_MAX;
+    if (span > (uint64_t)INT64_MAX) {
+        set_err(err, err_len, "%s: tensor '%s' has a shape too large for an array of any dtype even with a 0 dimension; "
+                "the file is corrupt", f->path, t->name);
+        return -1;
+    }
     return 0;
 }
 

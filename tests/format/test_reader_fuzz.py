@@ -84,8 +84,8 @@ def test_structured_mutations(corpus, expected, tmp_path):
 @pytest.mark.parametrize("dtype", ["U8", "F32"])
 def test_an_empty_tensor_numpy_cannot_make_is_refused(corpus, tmp_path, dtype):
     """[0, 2^63-1] is 0 bytes, but numpy cannot make an array whose non-zero sizes exceed 2^63-1 bytes (U8 fits,
-    yet not once converted to float32): the reader refuses it when the file is opened, not when it is used.
-    formats/reader_c accepts it (a known difference until SPEC.md adopts the rule)."""
+    yet not once converted to float32): the reader refuses it when the file is opened, not when it is used
+    (SPEC.md "Validation"; formats/reader_c refuses it too, tests/format/test_reader_c_fuzz.py)."""
     raw = corpus.make(lambda m: (m.entry("empty").set("dtype", dtype), m.entry("empty").set("shape", [0, 2**63 - 1])))
     result, message = outcome(tmp_path, raw, {}, f"{dtype} [0, 2^63-1]")
     assert result == "refused" and "too large for an array of any dtype" in message
