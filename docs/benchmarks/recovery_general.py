@@ -70,7 +70,9 @@ def main() -> None:
                     help="deadline: seconds the long run spends outside training (loading, evaluation, conversion)")
     ap.add_argument("--only", default="", help="comma-separated candidates (default: all)")
     ap.add_argument("--main", default="", help="skip the ablation: run this candidate long")
-    ap.add_argument("--compile", type=int, default=1)
+    ap.add_argument("--compile", type=int, default=1, help="torch.compile the long run's blocks")
+    ap.add_argument("--ablation-compile", type=int, default=0,
+                    help="torch.compile the short runs too (off: compiling costs more than it saves in ~100 steps)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     start = time.perf_counter()
@@ -85,13 +87,13 @@ def main() -> None:
     except ImportError:
         pass
 
-    def one(name: str, opts: dict, steps: int, evals: list[str]) -> dict:
+    def one(name: str, opts: dict, steps: int, evals: list[str], compile: bool) -> dict:
         cfg = config(opts, steps, args)
         command = as_command(args.model, train, evals, name, opts, steps)
         print(f"RUN {name}: {command}", flush=True)
         t0 = time.perf_counter()
         r = recover(args.model, work / name, train=train, eval=evals, config=cfg, device=args.device, force=True,
-                    progress=False, save_every=0, compile=bool(args.compile), cache_dir=work / "cache")
+                    progress=False, save_every=0, compile=compile, cache_dir=work / "cache")
         wall = time.perf_counter() - t0
         entry = {"command": command, "recipe": cfg.to_dict(), "wall_s": round(wall, 1), "timings": r.timings,
                  "train_tokens": r.metrics.get("train_tokens"),
@@ -108,7 +110,7 @@ def main() -> None:
     if not best:
         scores = {}
         for name in names:
-            entry = one(name, CANDIDATES[name], args.ablation_steps, choose_on)
+            entry = one(name, CANDIDATES[name], args.ablation_steps, choose_on, bool(args.ablation_compile))
             scores[name] = entry["perplexity"]["after"][args.select]
         best = min(scores, key=scores.get)
         results["chosen"] = {"by": f"lowest 'after' perplexity on {args.select}", "scores": scores, "best": best}
@@ -120,7 +122,8 @@ def main() -> None:
         left = args.deadline_s - (time.perf_counter() - start) - args.main_overhead_s
         steps = max(args.ablation_steps, min(steps, int(left / per_step)))
         print(f"FIT main: {steps} steps ({per_step:.3f} s/step, {left:.0f} s left)", flush=True)
-    one(f"main_{best}", CANDIDATES[best], steps, [*args.test, args.select, *args.extra, args.eval_teacher])
+    one(f"main_{best}", CANDIDATES[best], steps, [*args.test, args.select, *args.extra, args.eval_teacher],
+        bool(args.compile))
     print(json.dumps(results["runs"][f"main_{best}"]["perplexity"], indent=1), flush=True)
 
 

@@ -1,20 +1,36 @@
 #!/usr/bin/env bash
-# The GPU session behind docs/recovery.md and docs/benchmarks/recover.md: the loop's throughput
-# (bench_recover.py), then the recipe ablation and the long run (recovery_general.py), in one job on one H200.
-#   bash docs/benchmarks/recovery_h200.sh MODEL.gguf EVAL_DIR OUT_DIR
+# The GPU session behind docs/recovery.md's general-English result and docs/benchmarks/recover.md, in one job on
+# one H200:
+#   bash docs/benchmarks/recovery_h200.sh MODEL.gguf EVAL_DIR OUT_DIR BUDGET_S [recovery_general.py options]
+# 1. generation speed: bench_synth.py (transformers' generic loop against bitconv's batched decoder);
+# 2. the loop's throughput: bench_recover.py, compiled (plain bf16 fine-tune, QAT + distillation);
+# 3. recovery_general.py on teacher:N, N sized so that generation takes about GEN_S seconds at the speed step 1
+#    measured (at most MAX_TOKENS), the ablation, then the long run fitted into what is left of BUDGET_S.
 # EVAL_DIR holds lee-select.txt and lee-test.txt (docs/benchmarks/lee_corpus.py). Writes OUT_DIR/*.json and logs.
 set -u
-MODEL=$1; EVAL=$2; OUT=$3
+MODEL=$1; EVAL=$2; OUT=$3; BUDGET=$4
+GEN_S=${GEN_S:-240}; MAX_TOKENS=${MAX_TOKENS:-48000000}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
 T0=$(date +%s)
-python3 docs/benchmarks/bench_recover.py --model "$MODEL" --steps 10 --warmup 3 --json "$OUT/bench.json" \
-    > "$OUT/bench.log" 2>&1
+python3 docs/benchmarks/bench_synth.py --model "$MODEL" --batch 2048 --length 512 --steps 48 \
+    --json "$OUT/bench_synth.json" > "$OUT/bench.log" 2>&1
 python3 docs/benchmarks/bench_recover.py --model "$MODEL" --steps 10 --warmup 3 --compile --only plain,qat_distill \
-    --json "$OUT/bench_compile.json" > "$OUT/bench_compile.log" 2>&1 && COMPILE=1 || COMPILE=0
-echo "compile=$COMPILE bench_s=$(( $(date +%s) - T0 ))" >> "$OUT/bench.log"
+    --json "$OUT/bench_compile.json" >> "$OUT/bench.log" 2>&1
+TOKENS=$(python3 - "$OUT/bench_synth.json" "$GEN_S" "$MAX_TOKENS" <<'EOF'
+import json, sys
+try:
+    rate = json.load(open(sys.argv[1]))["fast"]["tokens_per_s"]
+except (OSError, KeyError, TypeError, ValueError):
+    rate = 18_000  # the generic loop's measured speed (docs/benchmarks/recover.md)
+print(int(min(float(sys.argv[3]), rate * float(sys.argv[2]))))
+EOF
+)
+LEFT=$(( BUDGET - ($(date +%s) - T0) ))
+echo "bench_s=$(( $(date +%s) - T0 )) teacher_tokens=$TOKENS left_s=$LEFT" >> "$OUT/bench.log"
 python3 docs/benchmarks/recovery_general.py --model "$MODEL" --select "$EVAL/lee-select.txt" \
     --test "$EVAL/lee-test.txt" --extra tests/support/fixtures/shakespeare_200k.txt --work /tmp/runs \
-    --results "$OUT/recovery_general.json" --compile $COMPILE "${@:4}" > "$OUT/recovery.log" 2>&1
+    --results "$OUT/recovery_general.json" --teacher-tokens "$TOKENS?batch=2048" --deadline-s "$LEFT" \
+    "${@:5}" > "$OUT/recovery.log" 2>&1
 echo "exit=$? total_s=$(( $(date +%s) - T0 ))" >> "$OUT/recovery.log"
