@@ -79,9 +79,11 @@ def main() -> None:
     rows = []
     with torch.no_grad():
         ids = torch.full((args.batch, args.length), start_id, dtype=torch.long, device=device)
-        generic_seconds, generic_logits = decode(HFDecoder(model, args.length), ids, steps, opts, device, keep_rows=8)
+        check_rows = min(8, args.batch)
+        generic_seconds, generic_logits = decode(HFDecoder(model, args.length), ids, steps, opts, device,
+                                                 keep_rows=check_rows)
         rows.append(report("generic", generic_seconds, steps, args.batch, device))
-        teacher_ids = ids[:8].clone()
+        teacher_ids = ids[:check_rows].clone()
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -90,7 +92,7 @@ def main() -> None:
                            speedup=round(generic_seconds / fast_seconds, 2)))
         full_seconds, _ = decode(KVDecoder(model, args.batch, args.length), ids, args.length - 2, opts, device)
         rows.append(report("fast_full", full_seconds, args.length - 2, args.batch, device))
-        check = KVDecoder(model, 8, args.length)
+        check = KVDecoder(model, check_rows, args.length)
         diff = max(float((check(teacher_ids[:, t], t).float().cpu() - generic_logits[t]).abs().max())
                    for t in range(steps + 1))
         scale = max(float(g.abs().max()) for g in generic_logits)
