@@ -25,7 +25,7 @@ Examples:
 
 Sources (--train, --eval; repeatable): a text file; a folder or glob of .txt/.md/.jsonl/.parquet/.csv/.tsv;
 hf:NAME for `datasets.load_dataset` (?config=&split=&column=&data_files=&streaming=1); a folder written by
-save_to_disk; teacher:N (N tokens sampled from the original model; ?top_p=&length=&batch=). Add &weight=W
+save_to_disk; teacher:N (N tokens sampled from the original model; ?top_k=&top_p=&temperature=&length=&batch=). Add &weight=W
 to mix training sources in those shares.
 """
 
@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints (default: OUT.ckpt).")] = None,
         save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
         log_every: Annotated[int, typer.Option(help="Read the loss every N steps (progress, log, divergence check).")] = 10,
-        compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the transformer blocks (default: on with CUDA).")] = None,
+        compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the transformer blocks and the LM head's loss (default: on with CUDA).")] = None,
         fsdp: Annotated[bool, typer.Option(help="Under torchrun: shard the model with FSDP2 instead of replicating it (DDP).")] = False,
         cache_dir: Annotated[Optional[Path], typer.Option(help="Token cache (default: ~/.cache/bitconv/tokens).")] = None,
         resume: Annotated[bool, typer.Option(help="Continue from the checkpoint (same options only).")] = False,

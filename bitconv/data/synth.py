@@ -3,7 +3,11 @@
 LLM-QAT (Liu et al. 2023, arXiv 2305.17888) showed that a quantized model recovers as well on text sampled
 from its full-precision self as on real pretraining data. Here: batches of sequences start from the
 beginning-of-sequence token, the first token is drawn from the model's own distribution after it and each
-next one by nucleus sampling (top-p), on the GPU in large batches with a preallocated key/value cache.
+next one by sampling, on the GPU in large batches with a preallocated key/value cache (bitconv.data.decode).
+
+Sampling, as transformers' `generate` does it: logits / temperature (1), the top_k (50) most likely tokens, then
+within those the smallest set whose probability reaches top_p (0.95); top_k=0 considers the whole vocabulary.
+Options: `teacher:N?length=512&batch=1024&top_k=50&top_p=0.95&temperature=1`.
 
 Batch b is drawn from a generator seeded with (seed, b), so the stream is the same for a seed however often
 it was interrupted: finished batches are appended to `<key>.partial.u32` (progress in `<key>.partial.json`)
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -25,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bitconv.data.decode import decoder_for
 from bitconv.data.sources import SourceSpec, parse_count
 from bitconv.data.tokens import TokenCache, tokenizer_key
 from bitconv.display import task_progress
 from bitconv.errors import DataError
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2  # 2: top-k before top-p, the Llama-family decoder
 
 
 @dataclass(frozen=True)
@@ -38,27 +42,30 @@ class SynthOptions:
     n_tokens: int
     length: int = 512  # tokens per generated sequence, the first being the start token
     batch: int = 1024  # sequences generated together
+    top_k: int = 50  # 0: the whole vocabulary
     top_p: float = 0.95
     temperature: float = 1.0
     seed: int = 0
 
     @classmethod
     def from_spec(cls, spec: SourceSpec, seq_len: int, seed: int) -> "SynthOptions":
-        """teacher:N[?length=..&batch=..&top_p=..&temperature=..], checked against one training block."""
+        """teacher:N[?length=..&batch=..&top_k=..&top_p=..&temperature=..], checked against one training block."""
         n = parse_count(spec.target, spec.text)
         o = spec.options
         try:
-            opts = cls(n, int(o.get("length", 512)), int(o.get("batch", 1024)), float(o.get("top_p", 0.95)),
-                       float(o.get("temperature", 1.0)), seed)
+            opts = cls(n, int(o.get("length", 512)), int(o.get("batch", 1024)), int(o.get("top_k", 50)),
+                       float(o.get("top_p", 0.95)), float(o.get("temperature", 1.0)), seed)
         except ValueError:
-            raise DataError(f"{spec.text}: length and batch must be integers, top_p and temperature numbers") from None
+            raise DataError(f"{spec.text}: length, batch and top_k must be integers, top_p and temperature numbers"
+                            ) from None
         if n <= 0:
             raise DataError(f"{spec.text}: the generation budget must be a positive number of tokens, e.g. teacher:20M")
         if n < seq_len:
             raise DataError(f"{spec.text}: {n} tokens is below one training block of --seq-len {seq_len}; ask for "
                             "more, e.g. teacher:20M")
-        if opts.length < 2 or opts.batch < 1 or not 0 < opts.top_p <= 1 or opts.temperature <= 0:
-            raise DataError(f"{spec.text}: need length >= 2, batch >= 1, 0 < top_p <= 1 and temperature > 0")
+        if opts.length < 2 or opts.batch < 1 or opts.top_k < 0 or not 0 < opts.top_p <= 1 or opts.temperature <= 0:
+            raise DataError(f"{spec.text}: need length >= 2, batch >= 1, top_k >= 0 (0: off), 0 < top_p <= 1 and "
+                            "temperature > 0")
         return opts
 
     @property
@@ -88,29 +95,23 @@ def model_key(source: str) -> str:
     return digest.hexdigest()
 
 
-def _top_p_sample(logits: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
-    probs = torch.softmax(logits.float(), dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+def sample_next(logits: torch.Tensor, opts: SynthOptions, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of `logits` [batch, vocabulary]: temperature, top-k, then top-p among those (see above).
+    With top-k only k candidates per row are softmaxed, sorted and summed, not the whole vocabulary."""
+    if opts.top_k:
+        # the temperature keeps the order, so the k largest logits are the same before and after it
+        top, order = torch.topk(logits, min(opts.top_k, logits.shape[-1]), dim=-1)  # sorted, largest first
+        probs = torch.softmax(top.float() / opts.temperature, dim=-1)
+    else:
+        probs = torch.softmax(logits.float() / opts.temperature, dim=-1)
+        order = None
+        if opts.top_p < 1.0:
+            probs, order = torch.sort(probs, dim=-1, descending=True)
+    if opts.top_p < 1.0:
         # keep the smallest prefix whose mass reaches top_p (the first token always)
-        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        choice = torch.multinomial(sorted_p, 1, generator=generator)
-        return order.gather(-1, choice).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def _cache(model, length: int):
-    """A preallocated key/value cache (no copy per step); the growing one where this transformers has none.
-    Either is filled in place by the model, so the loop never reads it back from the outputs."""
-    try:
-        from transformers import StaticCache
-
-        return StaticCache(config=model.config, max_cache_len=length)
-    except (ImportError, TypeError, ValueError):
-        from transformers import DynamicCache
-
-        return DynamicCache()
+        probs = probs.masked_fill((probs.cumsum(-1) - probs) >= opts.top_p, 0.0)
+    choice = torch.multinomial(probs, 1, generator=generator)
+    return (choice if order is None else order.gather(-1, choice)).squeeze(-1)
 
 
 @torch.no_grad()
@@ -119,15 +120,9 @@ def sample_batch(model, start_id: int, n_seq: int, opts: SynthOptions, generator
     """[n_seq, length] token ids: the start token, then tokens sampled from the model one at a time."""
     out = torch.empty((n_seq, opts.length), dtype=torch.long, device=device)
     out[:, 0] = start_id
-    past = _cache(model, opts.length)
-    # transformers renamed `past_key_values` to `cache` (5.2x); pass it under the name this version reads
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    cur = out[:, :1]
-    for t in range(1, opts.length):
-        o = model(input_ids=cur, use_cache=True, **{name: past})
-        nxt = _top_p_sample(o.logits[:, -1, :] / opts.temperature, opts.top_p, generator)
-        out[:, t] = nxt
-        cur = nxt[:, None]
+    step = decoder_for(model, n_seq, opts.length)
+    for t in range(opts.length - 1):
+        out[:, t + 1] = sample_next(step(out[:, t], t), opts, generator)
     return out
 
 

@@ -3,6 +3,8 @@ quantization schedule (progressive widths, warm-up blend) and the learning-rate 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,29 +57,49 @@ def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
 # the language-model head and its losses, chunked over tokens
 
 
-def _chunk_losses(s: torch.Tensor, t: torch.Tensor | None, target: torch.Tensor, temperature: float,
-                  distill_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed loss, d loss / d logits) of one chunk of fp32 logits: (1 - w) * CE + w * T^2 * KL(teacher || student).
-    Terms of weight 0 are skipped, and at T = 1 the softmax serves both terms (each pass over a chunk reads
-    and writes tokens x vocabulary floats)."""
+def _chunk_losses(s: torch.Tensor, s_bias: torch.Tensor | None, t: torch.Tensor | None, t_bias: torch.Tensor | None,
+                  target: torch.Tensor, temperature: float, distill_weight: float, grad_scale: float,
+                  grad_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, grad_scale * d loss / d logits in grad_dtype) of one chunk of student (and teacher) logits in
+    any dtype, softmaxed in fp32: (1 - w) * CE + w * T^2 * KL(teacher || student).
+
+    Each eager pass over a chunk reads and writes tokens x vocabulary floats, so: terms of weight 0 are skipped,
+    at T = 1 one softmax serves both terms, buffers are reused in place, and the one-hot of the targets is
+    subtracted from the finished gradient (tokens elements, not tokens x vocabulary). Compiled (CUDA), the
+    casts, biases, softmaxes, loss and gradient fuse into a few kernels that read the logits and write the
+    gradient once or twice."""
     w, T = distill_weight, temperature
-    loss = torch.zeros((), dtype=torch.float32, device=s.device)
-    grad = None
+    ce_w = 1.0 if t is None else 1.0 - w  # the weight of the cross-entropy term
+    s = s.float() if s_bias is None else s.float() + s_bias
     log_p = torch.log_softmax(s, dim=-1)
-    if t is None or w < 1:
-        rows = torch.arange(len(target), device=s.device)
-        loss = loss + (1 - w) * -log_p[rows, target].sum()
-        grad = log_p.exp()
-        grad[rows, target] -= 1.0
-        if t is None:
-            return loss, grad
-        grad *= 1 - w
-    log_ps = log_p if T == 1 else torch.log_softmax(s / T, dim=-1)
-    log_pt = torch.log_softmax(t if T == 1 else t / T, dim=-1)
-    pt = log_pt.exp()
-    loss = loss + w * T * T * (pt * (log_pt - log_ps)).sum()
-    kd_grad = log_ps.exp_().sub_(pt).mul_(w * T)
-    return loss, kd_grad if grad is None else grad.add_(kd_grad)
+    loss = torch.zeros((), dtype=torch.float32, device=s.device)
+    if ce_w > 0:
+        loss = loss - ce_w * log_p.gather(1, target[:, None]).sum()
+    if t is None or w == 0:
+        grad = log_p.exp_().mul_(ce_w * grad_scale)
+    else:
+        log_ps = log_p if T == 1 else torch.log_softmax(s / T, dim=-1)
+        t = t.float() if t_bias is None else t.float() + t_bias
+        log_pt = torch.log_softmax(t if T == 1 else t / T, dim=-1)
+        pt = log_pt.exp()
+        loss = loss + w * T * T * torch.dot(pt.view(-1), log_pt.sub_(log_ps).view(-1))
+        if T == 1:  # (1 - w) * (p - onehot) + w * (p - pt) = p - w * pt - (1 - w) * onehot
+            grad = log_p.exp_().sub_(pt, alpha=w).mul_(grad_scale)
+        else:
+            grad = log_ps.exp_().sub_(pt).mul_(w * T * grad_scale)
+            if ce_w > 0:
+                grad.add_(log_p.exp_(), alpha=ce_w * grad_scale)
+    grad = grad.to(grad_dtype)
+    if ce_w > 0:
+        grad[torch.arange(len(target), device=grad.device), target] -= ce_w * grad_scale
+    return loss, grad
+
+
+@functools.cache
+def _compiled_chunk_losses():
+    """_chunk_losses compiled once per shape (a full chunk, the last one): only used on CUDA, where Inductor's
+    fused softmax and reduction kernels are known to work."""
+    return torch.compile(_chunk_losses, dynamic=False, fullgraph=True)
 
 
 class _HeadLoss(torch.autograd.Function):
@@ -88,11 +110,13 @@ class _HeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, t_hidden, t_weight, t_bias, temperature, distill_weight,
-                chunk, dtype):
+                chunk, dtype, compiled):
         n = hidden.shape[0]
         w = weight.detach().to(dtype)
         b = bias.detach().float() if bias is not None else None
         tw = t_weight.detach().to(dtype) if t_weight is not None else None
+        tb = t_bias.detach().float() if t_bias is not None else None
+        losses = _compiled_chunk_losses() if compiled and hidden.is_cuda else _chunk_losses
         grad_h = torch.empty_like(hidden)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None else None
@@ -100,17 +124,11 @@ class _HeadLoss(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False), torch.no_grad():
             for lo in range(0, n, chunk):
                 h = hidden[lo:lo + chunk].detach().to(dtype)
-                s = (h @ w.t()).float()
-                if b is not None:
-                    s = s + b
-                t = None
-                if t_hidden is not None:
-                    t = (t_hidden[lo:lo + chunk].to(dtype) @ tw.t()).float()
-                    if t_bias is not None:
-                        t = t + t_bias.float()
-                loss, g = _chunk_losses(s, t, target[lo:lo + chunk], temperature, distill_weight)
+                t = t_hidden[lo:lo + chunk].to(dtype) @ tw.t() if t_hidden is not None else None
+                # logits in the matmul's dtype; the loss casts them to fp32 (fused with its first pass when compiled)
+                loss, g = losses(h @ w.t(), b, t, tb, target[lo:lo + chunk], temperature, distill_weight, 1.0 / n,
+                                 dtype)
                 total += loss
-                g = (g / n).to(dtype)
                 grad_h[lo:lo + chunk] = (g @ w).to(grad_h.dtype)
                 grad_w += (g.t() @ h).float()
                 if grad_b is not None:
@@ -123,18 +141,19 @@ class _HeadLoss(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         return (grad_h * grad_out, (grad_w * grad_out), (grad_b * grad_out) if ctx.has_bias else None,
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)
 
 
 def lm_head_loss(hidden: torch.Tensor, head: nn.Module, target: torch.Tensor, teacher_hidden: torch.Tensor | None = None,
                  teacher_head: nn.Module | None = None, temperature: float = 1.0, distill_weight: float = 0.0,
-                 chunk: int = 8192, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                 chunk: int = 8192, dtype: torch.dtype = torch.float32, compiled: bool = False) -> torch.Tensor:
     """Mean over tokens of (1 - w) * next-token CE + w * T^2 * KL(teacher || student), computed from the final
-    hidden states [tokens, hidden] and the heads (nn.Linear) without materialising the full logits."""
+    hidden states [tokens, hidden] and the heads (nn.Linear) without materialising the full logits. `compiled`:
+    the per-chunk loss runs torch.compile'd on CUDA (eager elsewhere)."""
     t_weight = teacher_head.weight if teacher_head is not None else None
     t_bias = teacher_head.bias if teacher_head is not None else None
     return _HeadLoss.apply(hidden, head.weight, head.bias, target, teacher_hidden, t_weight, t_bias, temperature,
-                           distill_weight if teacher_hidden is not None else 0.0, chunk, dtype)
+                           distill_weight if teacher_hidden is not None else 0.0, chunk, dtype, compiled)
 
 
 def logits_loss(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None,

@@ -190,7 +190,8 @@ class ClassifyTask:
         if self.cfg.init == "teacher":
             student.load_state_dict(teacher.state_dict())
 
-    def loss_module(self, model: nn.Module, teacher: nn.Module | None, sharded: bool = False) -> nn.Module:
+    def loss_module(self, model: nn.Module, teacher: nn.Module | None, sharded: bool = False,
+                    compile: bool = False) -> nn.Module:
         return ClassifyLoss(model, teacher, self.cfg)
 
     def batch(self, idx: torch.Tensor, device: torch.device) -> dict:
@@ -236,9 +237,10 @@ class LMLoss(nn.Module):
     logits kept for the backward pass); under FSDP, and for heads that do more than a linear map, it is computed
     from the model's logits."""
 
-    def __init__(self, model: nn.Module, teacher: nn.Module | None, cfg: RecoverConfig, fused: bool):
+    def __init__(self, model: nn.Module, teacher: nn.Module | None, cfg: RecoverConfig, fused: bool,
+                 compile: bool = False):
         super().__init__()
-        self.model, self.cfg, self.fused = model, cfg, fused
+        self.model, self.cfg, self.fused, self.compile = model, cfg, fused, compile
         self.__dict__["teacher"] = teacher  # not a submodule: never trained, wrapped or sharded
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -259,7 +261,8 @@ class LMLoss(nn.Module):
                 on_gpu_bf16 = cfg.precision == "bf16" and input_ids.device.type == "cuda"
                 loss = lm_head_loss(h, self.model.get_output_embeddings(), target, t_h,
                                     teacher.get_output_embeddings() if teacher is not None else None,
-                                    cfg.temperature, w, HEAD_CHUNK, torch.bfloat16 if on_gpu_bf16 else torch.float32)
+                                    cfg.temperature, w, HEAD_CHUNK, torch.bfloat16 if on_gpu_bf16 else torch.float32,
+                                    self.compile)
             else:
                 out = self.model(input_ids=input_ids, output_hidden_states=hidden)
                 vocab = out.logits.shape[-1]
@@ -425,9 +428,10 @@ class LMTask:
 
     # -- training and evaluation
 
-    def loss_module(self, model: nn.Module, teacher: nn.Module | None, sharded: bool = False) -> nn.Module:
+    def loss_module(self, model: nn.Module, teacher: nn.Module | None, sharded: bool = False,
+                    compile: bool = False) -> nn.Module:
         fused = not sharded and fused_head_supported(model) and (teacher is None or fused_head_supported(teacher))
-        return LMLoss(model, teacher, self.cfg, fused)
+        return LMLoss(model, teacher, self.cfg, fused, compile)
 
     def batch(self, idx: torch.Tensor, device: torch.device) -> dict:
         return {"input_ids": to_device(self.blocks.get(idx), device)}

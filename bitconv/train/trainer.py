@@ -67,7 +67,7 @@ class LoopOptions:
     """How the loop runs (none of it changes what is learnt)."""
 
     log_every: int = 10  # steps between reads of the loss (progress, log, divergence check)
-    compile: bool = False  # torch.compile the transformer blocks (CUDA only)
+    compile: bool = False  # torch.compile the transformer blocks and the LM head's loss (CUDA only)
     sharded: bool = False  # the model is sharded with FSDP2 (bitconv.train.runtime.shard)
     progress: bool = True
 
@@ -91,8 +91,9 @@ def diverged(step: int, saved: Checkpointing | None, last_saved: int | None, det
 
 
 def compile_blocks(model: nn.Module) -> None:
-    """torch.compile each transformer block (fused norms, activations and fake quantization); the loss head and
-    the rest stay eager. The blocks share code, so one compilation serves them all."""
+    """torch.compile each transformer block (fused norms, activations and fake quantization); the rest of the model
+    stays eager (the LM head's loss is compiled by bitconv.train.losses under the same option). The blocks share
+    code, so one compilation serves them all."""
     for block in transformer_blocks(model):
         block.compile()
 
@@ -104,7 +105,7 @@ def train_model(model: nn.Module, task, *, cfg: RecoverConfig, rt: Runtime, tota
     """Train `model` in place (fake-quantized if `attached`) on `task` for `total_steps` steps."""
     loop = loop or LoopOptions()
     device = rt.device
-    step_fn = task.loss_module(model, teacher, sharded=loop.sharded)
+    step_fn = task.loss_module(model, teacher, sharded=loop.sharded, compile=loop.compile)
     if rt.world > 1 and not loop.sharded:
         from torch.nn.parallel import DistributedDataParallel
 

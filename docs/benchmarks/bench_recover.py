@@ -40,8 +40,8 @@ class RandomTokens:
     def __init__(self, cfg: RecoverConfig, vocab: int, n_items: int = 1 << 16):
         self.cfg, self.vocab, self.n_items = cfg, vocab, n_items
 
-    def loss_module(self, model, teacher, sharded=False):
-        return LMLoss(model, teacher, self.cfg, fused_head_supported(model))
+    def loss_module(self, model, teacher, sharded=False, compile=False):
+        return LMLoss(model, teacher, self.cfg, fused_head_supported(model), compile)
 
     def batch(self, idx, device):
         g = torch.Generator().manual_seed(int(idx[0]))

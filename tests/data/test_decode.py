@@ -1,0 +1,111 @@
+"""bitconv.data.decode and the sampler of bitconv.data.synth on tiny random models (CPU, fp32): the Llama-family
+decoder computes the model's own logits step by step, other models fall back to transformers' cache, and top-k /
+top-p sample only from the tokens they keep, the same for a seed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bitconv.data.decode import HFDecoder, KVDecoder, decoder_for, supports_kv_decoding
+from bitconv.data.sources import parse_source
+from bitconv.data.synth import SynthOptions, sample_batch, sample_next
+from bitconv.errors import DataError
+
+LENGTH = 12
+
+
+def _model(family: str, **extra):
+    import transformers
+
+    config_class, model_class = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+                                 "mistral": ("MistralConfig", "MistralForCausalLM"),
+                                 "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+                                 "gpt2": ("GPT2Config", "GPT2LMHeadModel")}[family]
+    torch.manual_seed(0)
+    if family == "gpt2":
+        config = transformers.GPT2Config(n_layer=2, n_embd=96, n_head=6, vocab_size=100, n_positions=64)
+    else:  # 6 query heads over 2 key/value heads: groups of 3
+        config = getattr(transformers, config_class)(hidden_size=96, intermediate_size=96, num_hidden_layers=2,
+                                                     num_attention_heads=6, num_key_value_heads=2, vocab_size=100,
+                                                     max_position_embeddings=64, **extra)
+    model = getattr(transformers, model_class)(config).eval()
+    if family != "gpt2":
+        with torch.no_grad():  # peaked attention, so a wrong head, position or rope shows in the logits
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.weight.mul_(8.0)
+                layer.self_attn.k_proj.weight.mul_(8.0)
+    return model
+
+
+@pytest.mark.parametrize("family,extra", [
+    ("llama", {}),
+    ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),  # the model's rope config is used
+    ("mistral", {}),
+    ("qwen2", {}),  # biases on q/k/v
+])
+def test_the_llama_family_decoder_gives_the_full_forward_logits_at_every_step(family, extra):
+    model = _model(family, **extra)
+    ids = torch.randint(0, 100, (3, LENGTH), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+    step = decoder_for(model, 3, LENGTH)
+    assert isinstance(step, KVDecoder)
+    for t in range(LENGTH):
+        torch.testing.assert_close(step(ids[:, t], t), full[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_other_models_step_through_the_transformers_cache_with_the_same_logits():
+    model = _model("gpt2")
+    assert not supports_kv_decoding(model, LENGTH)
+    ids = torch.randint(0, 100, (2, LENGTH), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+    step = decoder_for(model, 2, LENGTH)
+    assert isinstance(step, HFDecoder)
+    for t in range(LENGTH):
+        torch.testing.assert_close(step(ids[:, t], t), full[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_a_sliding_window_shorter_than_the_sequence_is_not_decoded_without_a_mask():
+    assert supports_kv_decoding(_model("mistral", sliding_window=LENGTH), LENGTH)
+    assert not supports_kv_decoding(_model("mistral", sliding_window=LENGTH - 1), LENGTH)
+
+
+def _opts(**kw) -> SynthOptions:
+    return SynthOptions(n_tokens=1000, **kw)
+
+
+def test_top_k_and_top_p_sample_only_the_tokens_they_keep():
+    logits = torch.randn(4000, 30, generator=torch.Generator().manual_seed(3))
+    ranks = logits.argsort(-1, descending=True).argsort(-1)  # 0 for the largest logit of a row
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(sample_next(logits, _opts(top_k=1), gen), logits.argmax(-1))
+    got = sample_next(logits, _opts(top_k=5, top_p=1.0), gen)
+    kept = ranks.gather(-1, got[:, None]).squeeze(-1)
+    assert kept.max() == 4 and kept.min() == 0  # all five candidates occur, nothing else
+    # top-p inside top-k: a row whose best token holds almost all the mass always gives that token
+    peaked = logits.clone()
+    peaked[:, 7] = 100.0
+    assert (sample_next(peaked, _opts(top_k=5, top_p=0.9), gen) == 7).all()
+    # top_k=0: the whole vocabulary (with top_p=1 every token can occur)
+    assert sample_next(logits, _opts(top_k=0, top_p=1.0), gen).unique().numel() == 30
+
+
+def test_generation_is_the_same_for_a_seed_and_differs_across_seeds():
+    model = _model("llama")
+    opts = _opts(length=LENGTH, batch=4)
+
+    def batch(seed: int) -> torch.Tensor:
+        return sample_batch(model, 0, 4, opts, torch.Generator().manual_seed(seed), torch.device("cpu"))
+
+    first = batch(5)
+    assert first.shape == (4, LENGTH) and (first[:, 0] == 0).all()
+    assert torch.equal(first, batch(5)) and not torch.equal(first, batch(6))
+
+
+@pytest.mark.parametrize("option", ["top_k=-1", "top_k=2.5", "top_p=0", "temperature=0", "length=1"])
+def test_bad_sampling_options_are_one_line(option):
+    with pytest.raises(DataError, match=r"^teacher:1k\?" + option.replace(".", r"\.") + ": ") as err:
+        SynthOptions.from_spec(parse_source(f"teacher:1k?{option}"), seq_len=16, seed=0)
+    assert "\n" not in str(err.value)
