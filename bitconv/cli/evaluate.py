@@ -18,6 +18,10 @@ EVAL_EPILOG = """Examples:
 
   bitconv eval ./minilm-sst2-1.58 --task classify --data ../shared/data/sst2/validation.tsv
 
+  bitconv eval ./minilm-sst2-1.58 --task classify --data ../shared/data/sst2/test.tsv --device cuda --batch-size 256
+
+  bitconv eval ./vit-digits-1.58 --task image-classify --data digits/test
+
   bitconv eval ./spam-1.58 --task classify --data ../shared/data/sms-spam/SMSSpamCollection.tsv --text-column 1 --label-column 0
 
   bitconv eval ./SmolLM2-135M-Instruct.Q4_1.gguf --task classify --data ../shared/data/sst2/validation.tsv --labels negative,positive --template "Review: {text}\\nSentiment:" --max-examples 200
@@ -38,14 +42,15 @@ REPORT_EPILOG = """Examples:
 """
 
 # options shared by eval and compare, as (name, annotation) pairs are not expressible in typer; keep in step
-Task = Annotated[str, typer.Option(help="perplexity (causal LMs) or classify (classifiers; causal LMs with --labels).")]
-Data = Annotated[Path, typer.Option(help="Plain text file (perplexity) or TSV/CSV file (classify).")]
+Task = Annotated[str, typer.Option(help="perplexity (causal LMs), classify (text classifiers; causal LMs with --labels) or image-classify (...ForImageClassification models).")]
+Data = Annotated[Path, typer.Option(help="Plain text file (perplexity), TSV/CSV file (classify), or image folder with one sub-folder per class / saved `datasets` split (image-classify).")]
+Device = Annotated[str, typer.Option(help="auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N.")]
 Context = Annotated[int, typer.Option(help="Perplexity: tokens per window.")]
 Stride = Annotated[Optional[int], typer.Option(help="Perplexity: tokens between window starts (default: --context).")]
 StartFraction = Annotated[float, typer.Option(help="Perplexity: evaluate from this fraction of the file (0.9 = last tenth).")]
 EndFraction = Annotated[float, typer.Option(help="Perplexity: ... up to this fraction of the file.")]
 MaxTokens = Annotated[Optional[int], typer.Option(help="Perplexity: evaluate at most this many tokens of the slice.")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Windows (perplexity, default 1) or examples (classify, default 32) per forward.")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Windows (perplexity, default 1) or examples (classify, image-classify: default 32) per forward.")]
 TextColumn = Annotated[str, typer.Option(help="Classify: text column, a header name or a 0-based number.")]
 LabelColumn = Annotated[str, typer.Option(help="Classify: label column, a header name or a 0-based number.")]
 Header = Annotated[Optional[bool], typer.Option("--header/--no-header", help="Classify: whether the file has a header line (default: yes when a column is given by name).")]
@@ -59,13 +64,14 @@ Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Progre
 
 
 def _eval_config(task, data, context, stride, start_fraction, end_fraction, max_tokens, batch_size, text_column,
-                 label_column, header, delimiter, label_map, labels, template, max_examples, latency_repeats):
+                 label_column, header, delimiter, label_map, labels, template, max_examples, latency_repeats, device):
     from bitconv.evaluate.run import EvalConfig
 
     return EvalConfig(task=task, data=str(data), context=context, stride=stride, start_fraction=start_fraction,
                       end_fraction=end_fraction, max_tokens=max_tokens, batch_size=batch_size, text_column=text_column,
                       label_column=label_column, header=header, delimiter=delimiter, label_map=label_map,
-                      labels=labels, template=template, max_examples=max_examples, latency_repeats=latency_repeats)
+                      labels=labels, template=template, max_examples=max_examples, latency_repeats=latency_repeats,
+                      device=device)
 
 
 def _fmt(value, spec: str = ".4g") -> str:
@@ -93,8 +99,10 @@ def _result_table(result: dict) -> Table:
                  for k, v in mem.items() if v["n_params"]]
     if c["latency"]:
         lat = c["latency"]
-        rows.append(("latency (median)", f"{1000 * lat['median_s']:.1f} ms for {lat['input_shape']} "
-                                         f"({lat['median_ms_per_token']:.2f} ms/token)"))
+        per = (f"{lat['median_ms_per_image']:.2f} ms/image" if lat.get("median_ms_per_image") is not None
+               else f"{lat['median_ms_per_token']:.2f} ms/token")
+        rows.append(("latency (median)", f"{1000 * lat['median_s']:.1f} ms for {lat['input_shape']} on "
+                                         f"{lat.get('device', 'cpu')} ({per})"))
     rows.append(("peak RSS", f"{c['peak_rss_bytes'] / 2**20:.0f} MiB"))
     for r in rows:
         table.add_row(*r)
@@ -122,6 +130,7 @@ def register(app: typer.Typer) -> None:
         template: Template = None,
         max_examples: MaxExamples = None,
         latency_repeats: LatencyRepeats = 5,
+        device: Device = "auto",
         name: Annotated[Optional[str], typer.Option(help="Run name in the result (default: the model's name).")] = None,
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result (versioned JSON) here.")] = None,
         progress: Progress = True,
@@ -132,7 +141,7 @@ def register(app: typer.Typer) -> None:
 
         config = _eval_config(task, data, context, stride, start_fraction, end_fraction, max_tokens, batch_size,
                               text_column, label_column, header, delimiter, label_map, labels, template, max_examples,
-                              latency_repeats)
+                              latency_repeats, device)
         result = evaluate_model(model, config, name=name, progress=progress)
         console.print(_result_table(result))
         if json_out:
@@ -161,6 +170,7 @@ def register(app: typer.Typer) -> None:
         template: Template = None,
         max_examples: MaxExamples = None,
         latency_repeats: LatencyRepeats = 5,
+        device: Device = "auto",
         granularity: Annotated[Optional[str], typer.Option(help="Conversion: tensor | channel | group:N (default by scheme).")] = None,
         scale: Annotated[str, typer.Option(help="Conversion: absmean | absmax | median | mse.")] = "absmean",
         keep_outliers: Annotated[str, typer.Option(help="Conversion: fraction of weights kept in fp16, e.g. 0.1%.")] = "0",
@@ -178,7 +188,7 @@ def register(app: typer.Typer) -> None:
                                embeddings=embeddings, activations=activations)
         config = _eval_config(task, data, context, stride, start_fraction, end_fraction, max_tokens, batch_size,
                               text_column, label_column, header, delimiter, label_map, labels, template, max_examples,
-                              latency_repeats)
+                              latency_repeats, device)
         rows = run_compare(source, out, bits, eval_config=config, convert_options=convert_options,
                            keep_models=keep_models, progress=progress,
                            log=lambda line: console.print(line, markup=False, highlight=False))

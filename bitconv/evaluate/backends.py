@@ -1,14 +1,15 @@
 """Model backends for evaluation: one small interface, so every task runs the same way on every runtime.
 
-A backend turns a batch of token ids into logits. Perplexity, classification and latency only ever call
-`Backend.logits`, so a model gives the same numbers whichever way it was loaded (an original checkpoint,
-a bitconv folder, or an ONNX file), up to the runtime's float arithmetic.
+A backend turns a batch of token ids (or, for image classifiers, pixel values) into logits. Perplexity,
+classification and latency only ever call `Backend.logits`, so a model gives the same numbers whichever way
+it was loaded (an original checkpoint, a bitconv folder, or an ONNX file), up to the runtime's float
+arithmetic. Inputs go to the backend's device; the logits come back on it.
 
-    backend = open_backend("./smol-1.58")
+    backend = open_backend("./smol-1.58", device="cuda")
     logits = backend.logits(input_ids, attention_mask)   # [batch, tokens, vocab] or [batch, labels]
 
 New runtimes register an opener with `register_opener(matches, opener)`; the first opener whose `matches(path)`
-is true wins, and the torch backend takes everything else.
+is true wins, and the torch backend takes everything else. Openers take (source, device).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Callable
 
 import torch
 
-from bitconv.errors import BitconvError, SourceError
+from bitconv.device import pick_device
+from bitconv.errors import BitconvError, OptionError, SourceError
 
 CAUSAL_LM = "causal-lm"
 SEQUENCE_CLASSIFICATION = "sequence-classification"
+IMAGE_CLASSIFICATION = "image-classification"
 OTHER = "other"
 
 
@@ -31,8 +34,10 @@ OTHER = "other"
 class Backend:
     """What every task needs from a model, whatever runs it.
 
-    `kind` is CAUSAL_LM (logits [batch, tokens, vocab]), SEQUENCE_CLASSIFICATION (logits [batch, labels]) or
-    OTHER. `module` is the torch model when there is one (the cost measurements read its tensors).
+    `kind` is CAUSAL_LM (logits [batch, tokens, vocab]), SEQUENCE_CLASSIFICATION or IMAGE_CLASSIFICATION
+    (logits [batch, labels]) or OTHER. `tokenizer` is None for image classifiers, which have an
+    `image_processor` instead (pixels -> `pixel_values`). `module` is the torch model when there is one (the
+    cost measurements read its tensors).
     """
 
     source: str
@@ -45,10 +50,16 @@ class Backend:
     module: torch.nn.Module | None = None
     quantization_config: dict | None = None
     weight_files: list[Path] = field(default_factory=list)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    image_processor: object | None = None
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids [batch, tokens] (with their mask) or pixel values [batch, channels, h, w] -> float logits."""
+        inputs = inputs.to(self.device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
         with torch.inference_mode():
-            return self.forward(input_ids, attention_mask).float()
+            return self.forward(inputs, attention_mask).float()
 
     @property
     def max_positions(self) -> int | None:
@@ -69,29 +80,33 @@ class Backend:
         return {int(k): str(v) for k, v in mapping.items()}
 
 
-_OPENERS: list[tuple[Callable[[Path], bool], Callable[[str], Backend]]] = []
+_OPENERS: list[tuple[Callable[[Path], bool], Callable[[str, torch.device], Backend]]] = []
 
 
-def register_opener(matches: Callable[[Path], bool], opener: Callable[[str], Backend]) -> None:
-    """Adds a runtime: `opener(source)` is used for every source path where `matches(path)` is true."""
+def register_opener(matches: Callable[[Path], bool], opener: Callable[[str, torch.device], Backend]) -> None:
+    """Adds a runtime: `opener(source, device)` is used for every source path where `matches(path)` is true."""
     _OPENERS.append((matches, opener))
 
 
-def open_backend(source: str | os.PathLike) -> Backend:
-    """The model at `source` (bitconv folder, Hub id, HF folder, .gguf, .onnx) behind the Backend interface."""
+def open_backend(source: str | os.PathLike, device: str = "cpu") -> Backend:
+    """The model at `source` (bitconv folder, Hub id, HF folder, .gguf, .onnx) behind the Backend interface,
+    on `device` (auto, cpu, cuda, cuda:N; bitconv.device)."""
+    dev = pick_device(device)
     path = Path(str(source)).expanduser()
     for matches, opener in _OPENERS:
         if matches(path):
-            return opener(str(source))
-    return open_torch_backend(str(source))
+            return opener(str(source), dev)
+    return open_torch_backend(str(source), dev)
 
 
 def model_kind(class_name: str) -> str:
-    """CAUSAL_LM, SEQUENCE_CLASSIFICATION or OTHER, from a transformers class name."""
+    """CAUSAL_LM, SEQUENCE_CLASSIFICATION, IMAGE_CLASSIFICATION or OTHER, from a transformers class name."""
     if class_name.endswith(("ForCausalLM", "LMHeadModel")):
         return CAUSAL_LM
     if class_name.endswith("ForSequenceClassification"):
         return SEQUENCE_CLASSIFICATION
+    if class_name.endswith("ForImageClassification"):
+        return IMAGE_CLASSIFICATION
     return OTHER
 
 
@@ -103,30 +118,38 @@ def _weight_files(path: Path) -> list[Path]:
     return []
 
 
-def open_torch_backend(source: str) -> Backend:
+def open_torch_backend(source: str, device: torch.device = torch.device("cpu")) -> Backend:
     """A transformers model: a bitconv folder through bitconv.load, anything else as the original checkpoint."""
     from transformers.utils import logging as hf_logging
 
     from bitconv.format.reader import is_bitconv_folder
     from bitconv.quantize.modeling import load_any
-    from bitconv.quantize.source import load_tokenizer, open_source
+    from bitconv.quantize.source import load_image_processor, load_tokenizer, open_source
 
     hf_logging.disable_progress_bar()  # transformers' per-load bar would interleave with bitconv's own
     path = Path(source).expanduser()
     if not path.exists() and (source.startswith((".", "/", "~")) or source.endswith((".gguf", ".onnx"))):
         raise SourceError(f"{source}: no such model file or folder")
-    model = load_any(source)
-    tokenizer = load_tokenizer(source)
+    model = load_any(source).to(device)
+    kind = model_kind(type(model).__name__)
+    tokenizer = processor = None
+    if kind == IMAGE_CLASSIFICATION:
+        processor = load_image_processor(source)
+    else:
+        tokenizer = load_tokenizer(source)
     is_bitconv = path.is_dir() and is_bitconv_folder(path)
     if not path.exists():  # a Hub id: its files are in the local cache
         path = Path(open_source(source).folder)
 
-    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if kind == IMAGE_CLASSIFICATION:
+            return model(pixel_values=inputs).logits
+        return model(input_ids=inputs, attention_mask=attention_mask).logits
 
-    return Backend(source=source, runtime="torch", origin="bitconv" if is_bitconv else "original",
-                   kind=model_kind(type(model).__name__), config=model.config, tokenizer=tokenizer, forward=forward, module=model,
-                   quantization_config=getattr(model, "bitconv_config", None), weight_files=_weight_files(path))
+    return Backend(source=source, runtime="torch", origin="bitconv" if is_bitconv else "original", kind=kind,
+                   config=model.config, tokenizer=tokenizer, forward=forward, module=model,
+                   quantization_config=getattr(model, "bitconv_config", None), weight_files=_weight_files(path),
+                   device=device, image_processor=processor)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -138,7 +161,7 @@ PAST_PREFIX = "past_key_values."  # decoders exported by bitconv.export.onnx tak
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 
 
-def _onnx_session(path: Path):
+def _onnx_session(path: Path, device: torch.device):
     """A session for `path`; graphs that use bitconv's custom op get its library registered (bitconv.ort)."""
     try:
         import onnx
@@ -150,6 +173,10 @@ def _onnx_session(path: Path):
     except Exception as exc:  # onnx raises DecodeError and others for files that are not ONNX
         raise SourceError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
     custom = sorted({o.domain for o in graph.opset_import if o.domain not in STANDARD_DOMAINS})
+    if device.type != "cpu":
+        # bitconv's op and the CPU provider are what bitconv exports for; a GPU provider is not set up here
+        raise OptionError(f"{path}: ONNX models are evaluated on the CPU (ONNX Runtime's CPU provider); "
+                          "pass --device cpu, or evaluate the bitconv folder on the GPU")
     if not custom:
         return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]), graph
     try:
@@ -163,7 +190,7 @@ def _onnx_session(path: Path):
         raise SourceError(f"{path}: uses custom ops of domain {', '.join(custom)}; {exc}") from None
 
 
-def open_onnx_backend(source: str) -> Backend:
+def open_onnx_backend(source: str, device: torch.device = torch.device("cpu")) -> Backend:
     import numpy as np
 
     from bitconv.quantize.source import load_tokenizer
@@ -171,7 +198,7 @@ def open_onnx_backend(source: str) -> Backend:
     path = Path(source).expanduser()
     if not path.is_file():
         raise SourceError(f"{path}: no such ONNX model file")
-    session, graph = _onnx_session(path)
+    session, graph = _onnx_session(path, device)
     names = [i.name for i in session.get_inputs() if not i.name.startswith(PAST_PREFIX)]
     # an empty cache [batch, kv_heads, 0, head_dim] per past input: every window is scored from scratch
     past = [(i.name, i.shape) for i in session.get_inputs() if i.name.startswith(PAST_PREFIX)]

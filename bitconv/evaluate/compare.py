@@ -83,8 +83,8 @@ def compare(source: str, out: str | Path, bits: list[float] | str = "16,8,4,2,1.
     Results are written to `out/<run>.json`. `convert_options` are QuantConfig.for_bits keywords shared by every
     width (granularity, scale_method, ...).
     """
-    from bitconv.data.files import read_examples, text_slice
     from bitconv.evaluate.cost import quantization_errors
+    from bitconv.evaluate.run import check_inputs
     from bitconv.quantize.convert import convert
     from bitconv.quantize.source import open_source
 
@@ -97,11 +97,7 @@ def compare(source: str, out: str | Path, bits: list[float] | str = "16,8,4,2,1.
     configs = {b: QuantConfig.for_bits(b, **convert_options) for b in bits_list}
     ec = eval_config
     task, data = ec.task, ec.data
-    # check the data before converting anything: a typo should not cost six conversions
-    if task == "perplexity":
-        text_slice(data, ec.start_fraction, ec.end_fraction)
-    else:
-        read_examples(data, ec.text_column, ec.label_column, ec.header, ec.delimiter, 1)
+    check_inputs(ec)  # a typo in the data or device should not cost six conversions
     out = Path(out).expanduser()
     models = out / "models"
     models.mkdir(parents=True, exist_ok=True)

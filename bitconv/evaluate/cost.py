@@ -70,19 +70,28 @@ def file_weight_bytes(folder: Path) -> dict:
 
 def latency(backend: Backend, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
             repeats: int = 5, warmup: int = 1) -> dict:
-    """Median wall time of `backend.logits` on one fixed input, after `warmup` untimed calls."""
+    """Median wall time of `backend.logits` on one fixed input, after `warmup` untimed calls.
+
+    `input_ids` are pixel values for an image classifier; a GPU is waited for, so each time is the whole call.
+    """
+    from bitconv.device import synchronize
+
     for _ in range(warmup):
         backend.logits(input_ids, attention_mask)
     times = []
     for _ in range(repeats):
+        synchronize(backend.device)
         start = time.perf_counter()
         backend.logits(input_ids, attention_mask)
+        synchronize(backend.device)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    n_tokens = int(input_ids.numel())
+    images = input_ids.dim() == 4  # pixel values [batch, channels, height, width]
+    per_item = 1000 * median / (input_ids.shape[0] if images else input_ids.numel())
     return {"repeats": repeats, "warmup": warmup, "input_shape": list(input_ids.shape), "median_s": median,
-            "min_s": min(times), "max_s": max(times), "median_ms_per_token": 1000 * median / n_tokens,
-            "threads": torch.get_num_threads(),
+            "min_s": min(times), "max_s": max(times), "median_ms_per_token": None if images else per_item,
+            "median_ms_per_image": per_item if images else None,
+            "threads": torch.get_num_threads(), "device": str(backend.device),
             # other processes slow a shared machine down; the 1-minute load average says how busy it was
             "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from bitconv.data.files import Examples, TextSlice, label_ids
+from bitconv.data.images import ImageExamples
 from bitconv.display import task_progress
 from bitconv.errors import DataError, InternalError
-from bitconv.evaluate.backends import CAUSAL_LM, SEQUENCE_CLASSIFICATION, Backend
+from bitconv.evaluate.backends import CAUSAL_LM, IMAGE_CLASSIFICATION, SEQUENCE_CLASSIFICATION, Backend
 
 LN2 = math.log(2.0)
 
@@ -126,7 +127,7 @@ def perplexity(backend: Backend, data: TextSlice, context: int = 512, stride: in
             for row, (b, e, first) in enumerate(group):
                 # logits at position p predict token p + 1
                 pred = logits[row, first - b - 1:e - b - 1]
-                target = ids[first:e]
+                target = ids[first:e].to(pred.device)
                 nll_nats += F.cross_entropy(pred, target, reduction="sum").double().item()
                 n_scored += e - first
                 advance(f"{n_scored} tokens")
@@ -195,15 +196,36 @@ def max_input_length(backend: Backend) -> int:
     return min(x for x in limits if x > 0)
 
 
-def classify(backend: Backend, examples: Examples, label_map: dict[str, int] | None = None,
-             batch_size: int = 32, progress: bool = True) -> dict:
-    """Predictions of a sequence-classification model against the labels of `examples`."""
-    if backend.kind != SEQUENCE_CLASSIFICATION:
+def _model_labels(backend: Backend, kind: str, what: str) -> dict[int, str]:
+    if backend.kind != kind:
         hint = " pass --labels and --template for zero-shot classification" if backend.kind == CAUSAL_LM else ""
-        raise DataError(f"{backend.source}: a {backend.architecture} is not a sequence-classification model;{hint}")
+        raise DataError(f"{backend.source}: a {backend.architecture} is not {what} model;{hint}")
     id2label = backend.id2label()
     if not id2label:
         raise DataError(f"{backend.source}: config.json has no id2label; pass --label-map NAME=ID,...")
+    return id2label
+
+
+def _predict(backend: Backend, batches: list[list[int]], inputs, id2label: dict[int, str], n: int,
+             progress: bool) -> list[int]:
+    """The class id predicted for each of n examples; `inputs(batch)` gives a batch's (inputs, mask)."""
+    y_pred = [0] * n
+    with task_progress("classify", total=len(batches), enabled=progress) as advance:
+        for batch in batches:
+            logits = backend.logits(*inputs(batch))
+            if logits.shape[-1] != len(id2label):
+                raise DataError(f"{backend.source}: the model gives {logits.shape[-1]} scores, config.json names "
+                                   f"{len(id2label)} labels")
+            for i, p in zip(batch, logits.argmax(-1).tolist()):
+                y_pred[i] = sorted(id2label)[p]
+            advance()
+    return y_pred
+
+
+def classify(backend: Backend, examples: Examples, label_map: dict[str, int] | None = None,
+             batch_size: int = 32, progress: bool = True) -> dict:
+    """Predictions of a sequence-classification model against the labels of `examples`."""
+    id2label = _model_labels(backend, SEQUENCE_CLASSIFICATION, "a sequence-classification")
     y_true = label_ids(examples.labels, id2label, label_map, examples.path)
     tokenizer = backend.tokenizer
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -215,20 +237,33 @@ def classify(backend: Backend, examples: Examples, label_map: dict[str, int] | N
     max_length = max_input_length(backend)
     # longest first, so each batch pads little and the order (hence the result) is fixed
     order = sorted(range(len(examples.texts)), key=lambda i: (-len(examples.texts[i]), i))
-    y_pred = [0] * len(order)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    with task_progress("classify", total=len(batches), enabled=progress) as advance:
-        for batch in batches:
-            enc = tokenizer([examples.texts[i] for i in batch], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
-            logits = backend.logits(enc["input_ids"], enc["attention_mask"])
-            if logits.shape[-1] != len(id2label):
-                raise DataError(f"{backend.source}: the model gives {logits.shape[-1]} scores, config.json names "
-                                   f"{len(id2label)} labels")
-            for i, p in zip(batch, logits.argmax(-1).tolist()):
-                y_pred[i] = sorted(id2label)[p]
-            advance()
+
+    def inputs(batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = tokenizer([examples.texts[i] for i in batch], padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    y_pred = _predict(backend, batches, inputs, id2label, len(order), progress)
     return {"mode": "sequence-classification", **classification_metrics(y_true, y_pred, id2label)}
+
+
+def pixel_values(backend: Backend, examples: ImageExamples, indices: list[int]) -> torch.Tensor:
+    """The model's inputs for some images: its image processor's resizing and normalisation."""
+    images = [examples.image(i) for i in indices]
+    return backend.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+def classify_images(backend: Backend, examples: ImageExamples, label_map: dict[str, int] | None = None,
+                    batch_size: int = 32, progress: bool = True) -> dict:
+    """Predictions of an image-classification model against the labels of `examples`."""
+    id2label = _model_labels(backend, IMAGE_CLASSIFICATION, "an image-classification")
+    y_true = label_ids(examples.labels, id2label, label_map, examples.path)
+    order = list(range(len(examples)))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    y_pred = _predict(backend, batches, lambda batch: (pixel_values(backend, examples, batch), None), id2label,
+                      len(order), progress)
+    return {"mode": "image-classification", **classification_metrics(y_true, y_pred, id2label)}
 
 
 def zero_shot(backend: Backend, examples: Examples, labels: list[str], template: str,

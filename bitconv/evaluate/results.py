@@ -34,7 +34,8 @@ def environment() -> dict:
     except OSError:
         pass
     return {"bitconv": bitconv.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(), "cpu": cpu}
+            "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(), "cpu": cpu,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def new_result(name: str, model: dict, task: dict) -> dict:

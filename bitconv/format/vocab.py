@@ -113,6 +113,7 @@ SIDE_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
     "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json", "chat_template.jinja",
     "sentence_bert_config.json", "modules.json", "config_sentence_transformers.json",
+    "preprocessor_config.json",  # image models: resizing and normalisation of the pixels
 )
 
 def category_totals(rows, *, all_categories: bool = False, with_total: bool = False) -> dict[str, dict]:

@@ -21,12 +21,6 @@ from bitconv.errors import SourceError
 from bitconv.format.safetensors import read_safetensors_header
 from bitconv.hub.ids import is_repo_id
 
-# files copied unchanged from a source folder into a converted folder
-SIDE_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-    "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json", "chat_template.jinja",
-    "sentence_bert_config.json", "modules.json", "config_sentence_transformers.json",
-)
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
 TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -313,3 +307,17 @@ def load_tokenizer(spec: str | os.PathLike):
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         raise SourceError(f"{spec}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
+
+
+def load_image_processor(spec: str | os.PathLike):
+    """The image processor (resizing, normalisation: preprocessor_config.json) of an image model's folder."""
+    from transformers import AutoImageProcessor
+
+    path = Path(str(spec)).expanduser()
+    try:
+        if not path.exists():
+            path = open_source(spec).folder
+        return AutoImageProcessor.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{spec}: no usable image processor ({str(exc).splitlines()[0]}); an image model's folder "
+                          "needs the preprocessor_config.json it was trained with") from None

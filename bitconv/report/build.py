@@ -46,9 +46,8 @@ class Report:
     def to_json(self) -> dict:
         keep = ("name", "label", "status", "error", "bits", "scheme", "metric", "metric_vs_baseline", "verdict",
                 "secondary", "file_bytes", "size_by_category", "size_source", "bits_per_weight_linear",
-                "bits_per_weight_overall", "latency_ms_per_token", "latency_input_shape", "peak_rss_bytes", "seconds",
-                "convert_seconds",
-                "quantization_error_summary", "quantization_error", "metrics")
+                "bits_per_weight_overall", "latency_ms_per_token", "latency_ms_per_image", "latency_input_shape",
+                "peak_rss_bytes", "seconds", "convert_seconds", "quantization_error_summary", "quantization_error", "metrics")
         return {"schema": REPORT_SCHEMA, "schema_version": REPORT_SCHEMA_VERSION, "title": self.title,
                 "task": self.task, "metric": self.metric, "baseline": self.baseline,
                 "collapse_factor": self.collapse_factor, "runs": [{k: r.get(k) for k in keep} for r in self.rows],
@@ -102,6 +101,7 @@ def _row(result: dict) -> dict:
     row["file_bytes"] = (cost.get("disk") or {}).get("n_bytes")
     lat = cost.get("latency") or {}
     row["latency_ms_per_token"] = lat.get("median_ms_per_token")
+    row["latency_ms_per_image"] = lat.get("median_ms_per_image")
     row["latency_input_shape"] = lat.get("input_shape")
     row["load_average_1min"] = lat.get("load_average_1min")
     row["peak_rss_bytes"] = cost.get("peak_rss_bytes")
@@ -242,6 +242,9 @@ def _data_sentence(rows: list[dict]) -> str:
                 "scored; bits per byte = total NLL in bits / UTF-8 bytes of the scored text).")
     n = m.get("n_examples")
     mode = m.get("mode", "classification")
+    if t.get("name") == "image-classify":
+        return (f"Image classification of `{t.get('data')}` (sha256 {str(t.get('data_sha256'))[:12]}...): "
+                f"{n:,} images, one class per sub-folder.")
     extra = f" Zero-shot template {m.get('template')!r}, labels {m.get('labels')}." if mode == "zero-shot" else ""
     return (f"Classification ({mode}) of `{t.get('data')}` (sha256 {str(t.get('data_sha256'))[:12]}...): "
             f"{n:,} examples, text column {t.get('text_column')!r}, label column {t.get('label_column')!r}.{extra}")
@@ -266,8 +269,9 @@ def _blocks(rep: Report) -> list[tuple[str, object]]:
             ". These models are not usable as converted; see `bitconv recover`."))
     if failed:
         blocks.append(("alert", "Failed runs: " + "; ".join(f"{r['label']}: {r['error']}" for r in failed)))
+    per = "image" if task == "image-classify" else "token"
     summary = [["run", metric_name, vs_name, second_name, "bits/weight (linear)", "bits/weight (all)", "weights on disk",
-                "latency ms/token", "peak RSS", "verdict"]]
+                f"latency ms/{per}", "peak RSS", "verdict"]]
     for r in rows:
         vs = r["metric_vs_baseline"]
         if vs is None:
@@ -278,7 +282,7 @@ def _blocks(rep: Report) -> list[tuple[str, object]]:
             vs_text = f"{100 * vs:+.1f} pts"
         summary.append([r["label"], _num(r["metric"]), vs_text, _num(r["secondary"]),
                         _num(r["bits_per_weight_linear"], ".3g"), _num(r["bits_per_weight_overall"], ".3g"),
-                        human_bytes(r["file_bytes"]), _num(r["latency_ms_per_token"], ".3g"),
+                        human_bytes(r["file_bytes"]), _num(r[f"latency_ms_per_{per}"], ".3g"),
                         "n/a" if r["peak_rss_bytes"] is None else f"{r['peak_rss_bytes'] / 2**20:.0f} MiB",
                         _verdict_text(r, task, rep.collapse_factor)])
     blocks += [("h2", "Results"), ("table", summary)]

@@ -30,6 +30,7 @@ PIPELINE_BY_ARCH_SUFFIX = {
     "ForCausalLM": "text-generation", "LMHeadModel": "text-generation",
     "ForSequenceClassification": "text-classification", "ForTokenClassification": "token-classification",
     "ForQuestionAnswering": "question-answering", "ForMaskedLM": "fill-mask",
+    "ForImageClassification": "image-classification",
 }
 # architectures the GGUF and plain-transformers exports handle (bitconv/gguf_export.py, bitconv/hf_bitnet_export.py)
 GGUF_MODEL_TYPES = ("llama", "gpt2")
