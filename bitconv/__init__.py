@@ -17,8 +17,8 @@ _LAZY = {
     "convert": ("bitconv.quantize.convert", "convert"),
     "load": ("bitconv.quantize.modeling", "load"),
     "QuantConfig": ("bitconv.quantize.config", "QuantConfig"),
-    "RecoverConfig": ("bitconv.train.recover", "RecoverConfig"),
-    "recover": ("bitconv.train.recover", "recover"),
+    "RecoverConfig": ("bitconv.train.config", "RecoverConfig"),
+    "recover": ("bitconv.train.pipeline", "recover"),
 }
 
 

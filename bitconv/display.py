@@ -14,17 +14,25 @@ stderr_console = Console(stderr=True)
 
 
 @contextmanager
-def task_progress(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[str], None]]:
-    """Yields `advance(label)`; draws a bar on stderr when enabled and stderr is a terminal."""
-    if not enabled or not sys.stderr.isatty():
-        yield lambda label="": None
-        return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[label]}", style="dim"))
-    with Progress(*columns, console=stderr_console, transient=False) as progress:
-        task = progress.add_task(description, total=total, label="")
+def task_progress(description: str, total: int, enabled: bool = True, completed: int = 0,
+                  unit: str | None = None) -> Iterator[Callable[..., None]]:
+    """Yields `advance(label="", loss=None, rate=None)`; draws a bar on stderr when enabled and stderr is a terminal.
 
-        def advance(label: str = "") -> None:
+    Training loops pass `loss` and `rate` (items per second, named by `unit`, e.g. "tokens"), and `completed`
+    where a resumed run starts; other loops pass a label (the file or tensor at hand).
+    """
+    if not enabled or not sys.stderr.isatty():
+        yield lambda label="", loss=None, rate=None: None
+        return
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[label]}", style="dim")]
+    with Progress(*columns, console=stderr_console, transient=False) as progress:
+        task = progress.add_task(description, total=total, completed=completed, label="")
+
+        def advance(label: str = "", loss: float | None = None, rate: float | None = None) -> None:
+            if loss is not None or rate is not None:
+                label = " ".join(part for part in (f"loss {loss:.4f}" if loss is not None else "",
+                                                   f"{rate:,.0f} {unit or 'items'}/s" if rate is not None else "") if part)
             progress.update(task, advance=1, label=label[-48:])
 
         yield advance

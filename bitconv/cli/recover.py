@@ -1,4 +1,4 @@
-"""`bitconv recover`: the Typer command over `bitconv.train.recover.recover` (no logic here)."""
+"""`bitconv recover`: the Typer command over `bitconv.train.pipeline.recover` (no logic here)."""
 
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ def register(app: typer.Typer) -> None:
         task: Annotated[str, typer.Option(help="classify (adds a classifier head where needed) or lm.")] = "classify",
         eval: Annotated[Optional[Path], typer.Option(help="Held-out data (same format); lm default: the tail of --train.")] = None,
         bits: Annotated[str, typer.Option(help="Target width: 1.58 (ternary), 1, 2, 4 or 8.")] = "1.58",
-        granularity: Annotated[str, typer.Option(help="Scale granularity as in convert: tensor, channel or group:N.")] = "tensor",
+        granularity: Annotated[Optional[str], typer.Option(help="tensor | channel | group:N (default by scheme, as convert).")] = None,
         scale: Annotated[str, typer.Option(help="Scale estimator: absmean, absmax, median, mse.")] = "absmean",
         activations: Annotated[str, typer.Option(help="none, or int8 for W1.58A8 (per-token absmax, also at inference).")] = "none",
-        keep_outliers: Annotated[float, typer.Option(help="Fraction of largest weights per tensor kept in fp16.")] = 0.0,
+        keep_outliers: Annotated[str, typer.Option(help="Fraction of largest weights per tensor kept in fp16, e.g. 0.1%.")] = "0",
         super_weights: Annotated[int, typer.Option(help="Find this many super weights on the training text; keep them in fp16.")] = 0,
         distill: Annotated[bool, typer.Option(help="Distil from the full-precision teacher (KL on logits).")] = False,
         teacher: Annotated[Optional[str], typer.Option(help="classify: an fp fine-tuned teacher folder (default: fine-tune one first).")] = None,
@@ -68,11 +68,15 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option(help="Replace an existing --out and checkpoint.")] = False,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     ) -> None:
-        from bitconv.train.recover import RecoverConfig, headline, recover
+        from bitconv.evaluate.results import headline
+        from bitconv.quantize.config import QuantConfig
+        from bitconv.train.config import RecoverConfig
+        from bitconv.train.pipeline import recover
 
+        quant = QuantConfig.for_bits(bits, granularity, scale_method=scale, keep_outliers=keep_outliers,
+                                     activations=activations)
         cfg = RecoverConfig(
-            task=task, bits=bits, granularity=granularity, scale_method=scale, activations=activations,
-            keep_outliers=keep_outliers, super_weights=super_weights, distill=distill, teacher=teacher,
+            task=task, quant=quant, super_weights=super_weights, distill=distill, teacher=teacher,
             temperature=temperature, distill_weight=distill_weight, hidden_weight=hidden_weight,
             quant_warmup_steps=quant_warmup_steps, progressive=tuple(p for p in progressive.split(",") if p.strip()),
             phase_steps=phase_steps, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, lr_warmup=lr_warmup,

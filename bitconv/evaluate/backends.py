@@ -42,7 +42,7 @@ class Backend:
 
     source: str
     runtime: str  # "torch", "onnxruntime"
-    origin: str  # "bitconv" (a converted folder), "original" (Hub id, folder, GGUF), "onnx"
+    origin: str  # "bitconv" (a converted folder), "original" (Hub id, folder, GGUF), "onnx", "training" (in memory)
     kind: str
     config: object
     tokenizer: object
@@ -150,6 +150,19 @@ def open_torch_backend(source: str, device: torch.device = torch.device("cpu")) 
                    config=model.config, tokenizer=tokenizer, forward=forward, module=model,
                    quantization_config=getattr(model, "bitconv_config", None), weight_files=_weight_files(path),
                    device=device, image_processor=processor)
+
+
+def module_backend(model: torch.nn.Module, tokenizer, source: str) -> Backend:
+    """A model held in memory (`recover` measures the one it trains) behind the same interface, so it is
+    scored by the same metric code as `bitconv eval` scores a folder. Inputs go to the model's device."""
+    device = next(model.parameters()).device
+
+    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        mask = attention_mask.to(device) if attention_mask is not None else None
+        return model(input_ids=input_ids.to(device), attention_mask=mask).logits
+
+    return Backend(source=source, runtime="torch", origin="training", kind=model_kind(type(model).__name__),
+                   config=model.config, tokenizer=tokenizer, forward=forward, module=model)
 
 
 # ---------------------------------------------------------------------------------------------------------

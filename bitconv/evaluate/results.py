@@ -107,3 +107,16 @@ def read_results(folder: str | Path) -> list[dict]:
     if not results:
         raise FormatError(f"{folder}: holds no bitconv result files (*.json from `bitconv eval --json` or `bitconv compare`)")
     return results
+
+
+def headline(metrics: dict) -> str:
+    """One line for a metrics dict of `perplexity` or `classify`: "perplexity 65.09", "accuracy 99.33%, spam F1 0.9748"
+    (with two classes, the F1 of the rarer one, the class a detector is for)."""
+    if "perplexity" in metrics:
+        return f"perplexity {metrics['perplexity']:.2f}"
+    text = f"accuracy {100 * metrics['accuracy']:.2f}%"
+    per_class = metrics.get("per_class") or {}
+    if len(per_class) == 2:
+        rare = min(per_class, key=lambda name: (per_class[name]["support"], name))
+        text += f", {rare} F1 {per_class[rare]['f1']:.4f}"
+    return text

@@ -50,6 +50,14 @@ def parse_fraction(value: str | float) -> float:
     return frac
 
 
+def check_config_version(d: dict, current: int, what: str) -> None:
+    """Refuse a serialised config written by a newer bitconv (its fields may mean something this one cannot do)."""
+    version = d.get("config_version", current)
+    if not isinstance(version, int) or version > current:
+        raise OptionError(f"{what} of config_version {version!r}: this bitconv reads version {current} and older; "
+                          "upgrade bitconv (pip install -U bitconv)")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Every option of a conversion; serialised into config.json's quantization_config."""
@@ -109,10 +117,7 @@ class QuantConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "QuantConfig":
         """The config recorded in a quantization_config (other keys there, such as the source, are ignored)."""
-        version = d.get("config_version", CONFIG_VERSION)
-        if not isinstance(version, int) or version > CONFIG_VERSION:
-            raise OptionError(f"quantization options of config_version {version!r}: this bitconv reads version "
-                              f"{CONFIG_VERSION} and older; upgrade bitconv (pip install -U bitconv)")
+        check_config_version(d, CONFIG_VERSION, "quantization options")
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in names})
 

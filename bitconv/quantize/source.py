@@ -175,7 +175,7 @@ def _hub_snapshot(repo_id: str, revision: str | None, allow_pickle: bool) -> Pat
         raise SourceError(f"cannot get Hub model '{repo_id}': {str(exc).splitlines()[0]}") from None
 
 
-def _load_gguf_model(path: Path, dtype: torch.dtype = torch.float32):
+def _load_gguf_model(path: Path, dtype: torch.dtype = torch.float32, model_class=None, **model_kwargs):
     """transformers' GGUF loader dequantizes the file into an ordinary model."""
     try:
         import gguf  # noqa: F401 - transformers' GGUF loader needs it
@@ -183,10 +183,23 @@ def _load_gguf_model(path: Path, dtype: torch.dtype = torch.float32):
         raise SourceError(f"{path}: reading GGUF needs the gguf package: pip install 'bitconv[gguf]'") from None
     from transformers import AutoModelForCausalLM
 
+    cls = model_class or AutoModelForCausalLM
     try:
-        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).eval()
+        model = cls.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype, **model_kwargs).eval()
     except Exception as exc:  # the GGUF loader raises many types for unsupported or corrupt files
         raise SourceError(f"{path}: transformers cannot load this GGUF file ({str(exc).splitlines()[0]})") from None
+    _forget_gguf_quantization(model)
+    return model
+
+
+def _forget_gguf_quantization(model) -> None:
+    """transformers dequantizes a GGUF into float weights but keeps the model marked as quantized, which stops
+    `save_pretrained` and training; the weights are ordinary floats, so drop the marks."""
+    for attr, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
+        if attr in vars(model):
+            setattr(model, attr, value)
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
 
 
 def _open_gguf(path: Path) -> Source:
@@ -282,15 +295,19 @@ def module_kinds(config) -> tuple[dict[str, str], str]:
 
 
 def load_original(spec: str | os.PathLike, revision: str | None = None, dtype: torch.dtype = torch.float32,
-                  model_class=None):
-    """An original (unconverted) checkpoint as a transformers model in eval mode."""
+                  model_class=None, **model_kwargs):
+    """An original (unconverted) checkpoint as a transformers model in eval mode.
+
+    `model_class` picks the head (e.g. AutoModelForSequenceClassification, which adds a new classifier to a
+    plain encoder); `model_kwargs` go to its `from_pretrained` (num_labels, id2label, ...).
+    """
     path = Path(str(spec)).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _load_gguf_model(path, dtype)
+        return _load_gguf_model(path, dtype, model_class, **model_kwargs)
     src = open_source(spec, revision=revision)
     cls = model_class or model_class_for(src.config)
     try:
-        return cls.from_pretrained(str(src.folder), dtype=dtype).eval()
+        return cls.from_pretrained(str(src.folder), dtype=dtype, **model_kwargs).eval()
     except Exception as exc:  # transformers raises many types for mismatched checkpoints
         raise SourceError(f"{src.folder}: transformers cannot load it as {cls.__name__} ({str(exc).splitlines()[0]})") from None
 

@@ -346,3 +346,20 @@ def conversion_card(title: str, source_label: str, revision: str | None, options
               "Naive post-training ternarization of a pretrained model usually destroys its accuracy: "
               "measure it with `bitconv eval` and recover it with `bitconv recover`.", ""]
     return "\n".join(lines)
+
+
+def recovery_card(source_name: str, distilled: bool, metrics: dict) -> str:
+    """The section `recover` appends to the converted folder's README.md: what the model scored before and after
+    recovery training (every --eval set of a language model: the first is the headline)."""
+    from bitconv.evaluate.results import headline
+
+    lines = ["", "## Recovered by `bitconv recover`", "",
+             f"Trained from `{source_name}` with straight-through quantization-aware training"
+             + (" and distillation from the full-precision teacher" if distilled else "") + ".", "",
+             "| model | result |", "|---|---|"]
+    for key, label in (("original", "original (fp)"), ("teacher", "fp teacher"), ("before", "quantized, before training"),
+                       ("after", "quantized, after training"), ("converted", "this folder")):
+        if key in metrics:
+            lines.append(f"| {label} | {headline(metrics[key])} |")
+    lines += ["", "Recipe and full metrics: `recovery.json`.", ""]
+    return "\n".join(lines)

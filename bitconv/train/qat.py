@@ -21,9 +21,6 @@ from bitconv.quantize.config import QuantConfig
 from bitconv.quantize.kinds import CONV1D, LINEAR, module_kind
 from bitconv.quantize.schemes import fake_quantize, quantize_activations_int8
 
-# bits the trainer can train towards, and the intermediate steps of a progressive schedule
-TRAINABLE_BITS = (1.58, 1.0, 2.0, 4.0, 8.0)
-
 
 class FakeQuantWeight(nn.Module):
     """Parametrization: latent weight -> blended fake-quantized weight (module layout kept)."""
@@ -94,3 +91,16 @@ def detach(model: nn.Module, attached: list[QuantizedModule]) -> None:
         parametrize.remove_parametrizations(q.module, "weight", leave_parametrized=False)
         if q.hook is not None:
             q.hook.remove()
+
+
+def quantized_weight_names(model: nn.Module, cfg: QuantConfig) -> set[str]:
+    """The weights `convert` quantizes, by its own plan, so training and conversion agree."""
+    from bitconv.quantize.plan import make_plan
+    from bitconv.quantize.source import module_kinds
+
+    config = model.config
+    # convert reads the saved checkpoint, whose config names this model's own class
+    config.architectures = [type(model).__name__]
+    kinds, prefix = module_kinds(config)
+    rows = [(name, tuple(t.shape), str(t.dtype).replace("torch.", "")) for name, t in model.state_dict().items()]
+    return {row.name for row in make_plan(rows, cfg, kinds, prefix).quantized}

@@ -3,7 +3,7 @@
     PYTHONPATH=. python docs/benchmarks/recovery_runs.py --suite sst2 --model MINILM_DIR \
         --data ../shared/data --work /tmp/runs --results sst2.json --budget-s 540 [--only kd,ste]
 
-Each run is one `bitconv.train.recover.recover()` call (the same as one `bitconv recover` command; the options
+Each run is one `bitconv.train.pipeline.recover()` call (the same as one `bitconv recover` command; the options
 are printed as that command). Results (metrics, recipe, timings) are written to --results after every
 run, so a run cut off by the budget keeps what finished. A run whose predicted time does not fit in the
 remaining budget is skipped and listed as skipped.
@@ -19,7 +19,12 @@ import time
 from pathlib import Path
 
 from bitconv.errors import BitconvError
-from bitconv.train import recover as R
+from bitconv.evaluate.results import headline
+from bitconv.quantize.config import QuantConfig
+from bitconv.train.config import RecoverConfig
+from bitconv.train.pipeline import recover
+
+QUANT_KEYS = ("bits", "granularity", "scale_method", "keep_outliers", "activations")
 
 SST2 = dict(task="classify", batch_size=64, epochs=3, lr=2e-4, teacher_epochs=2, teacher_lr=1e-4)
 SPAM = dict(task="classify", batch_size=32, epochs=8, lr=2e-4, teacher_epochs=4, teacher_lr=1e-4)
@@ -66,9 +71,17 @@ DATA = {
 }
 
 
+def recover_config(options: dict) -> RecoverConfig:
+    """A run's options as a RecoverConfig: the quantization ones (as `convert` takes them) go into its QuantConfig."""
+    quant = {k: options[k] for k in QUANT_KEYS if k in options}
+    rest = {k: v for k, v in options.items() if k not in QUANT_KEYS}
+    return RecoverConfig(quant=QuantConfig.for_bits(quant.pop("bits", 1.58), quant.pop("granularity", None), **quant),
+                         **rest)
+
+
 def as_command(source: str, train: str, eval_path: str | None, out: str, options: dict) -> str:
     """The `bitconv recover` command line equivalent to a run."""
-    defaults = R.RecoverConfig(task=options["task"]).to_dict()
+    defaults = {**RecoverConfig(task=options["task"]).to_dict(), "bits": 1.58, "activations": "none"}
     parts = ["bitconv recover", source, f"--task {options['task']}", f"--train {train}"]
     if eval_path:
         parts.append(f"--eval {eval_path}")
@@ -136,7 +149,7 @@ def main() -> None:
             print(f"FIT {name}: {options['steps']} steps ({per_step:.3f}s/step predicted, {left:.0f}s left)", flush=True)
         if args.smoke:
             options.update(steps=3, teacher_epochs=0.002, eval_tokens=2048, phase_steps=1)
-        cfg = R.RecoverConfig(**options)
+        cfg = recover_config(options)
         elapsed = time.perf_counter() - start
         out = work / f"{args.suite}-{name}"
         train_path = data / train_rel
@@ -156,7 +169,7 @@ def main() -> None:
                 continue
         t0 = time.perf_counter()
         try:
-            r = R.recover(args.model, out, train=train_path, eval=eval_path, config=cfg, device=args.device,
+            r = recover(args.model, out, train=train_path, eval=eval_path, config=cfg, device=args.device,
                           force=True, progress=False, save_every=0)
         except BitconvError as exc:
             print(f"FAIL {name}: {exc}", flush=True)
@@ -170,7 +183,7 @@ def main() -> None:
                                  "timings": {**r.timings, "wall_s": round(wall, 1)}}
         results_path.write_text(json.dumps(results, indent=1, sort_keys=True))
         m = r.metrics
-        line = "  ".join(f"{k}: {R.headline(m[k])}" for k in ("original", "teacher", "before", "after", "converted") if k in m)
+        line = "  ".join(f"{k}: {headline(m[k])}" for k in ("original", "teacher", "before", "after", "converted") if k in m)
         print(f"DONE {name} ({wall:.0f}s, {m['steps']} steps): {line}", flush=True)
     results_path.write_text(json.dumps(results, indent=1, sort_keys=True))
     print(f"total {time.perf_counter() - start:.0f}s", flush=True)

@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 
 from bitconv.train import qat
-from bitconv.train import recover as R
 from bitconv.train import super_weights as sw
+from bitconv.train.config import RecoverConfig
+from bitconv.train.pipeline import tokenizer_for
+from bitconv.train.tasks import LMTask
 
 
 def main() -> None:
@@ -33,25 +35,24 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    cfg = R.RecoverConfig(task="lm", eval_tokens=args.eval_tokens)
+    cfg = RecoverConfig(task="lm", eval_tokens=args.eval_tokens)
     device = torch.device("cpu")
-    tok = R.load_tokenizer(args.model)
-    data = R.prepare_lm(Path(args.text), None, tok, cfg)
-    model = R.load_model(args.model, "lm").eval()
-    names = R.quantized_weight_names(model, cfg.quant_config())
-    found = sw.find_super_weights(model, R.calibration_batches("lm", data, 0, device, n_batches=2, batch_size=8), args.n,
+    task = LMTask.prepare(cfg, tokenizer_for(args.model), Path(args.text), None)
+    model = task.load_model(args.model).eval()
+    names = qat.quantized_weight_names(model, cfg.quant_config())
+    found = sw.find_super_weights(model, task.calibration_batches(device, n_batches=2, batch_size=8), args.n,
                                   candidates=names)
     result = {"model": Path(args.model).name, "n_eval_tokens": None, "super_weights": [f.to_dict() for f in found]}
-    result["fp"] = R.evaluate_lm(model, data, device)
+    result["fp"] = task.evaluate(model, args.model)
     with sw.zeroed(model, found):
-        result["fp_without_super_weights"] = R.evaluate_lm(model, data, device)
+        result["fp_without_super_weights"] = task.evaluate(model, args.model)
     attached = qat.attach(model, names, cfg.quant_config())
-    result["ternary"] = R.evaluate_lm(model, data, device)
+    result["ternary"] = task.evaluate(model, args.model)
     qat.detach(model, attached)
     outliers = sw.as_outlier_indices(found, sw.linear_shapes(model, {f.tensor for f in found}))
-    attached = qat.attach(model, names, cfg.quant_config(), outliers)
-    result["ternary_keeping_super_weights"] = R.evaluate_lm(model, data, device)
-    result["n_eval_tokens"] = result["fp"]["n_eval_tokens"]
+    qat.attach(model, names, cfg.quant_config(), outliers)
+    result["ternary_keeping_super_weights"] = task.evaluate(model, args.model)
+    result["n_eval_tokens"] = result["fp"]["n_scored_tokens"]
     result["seconds"] = round(time.perf_counter() - t0, 1)
     Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     for key in ("fp", "fp_without_super_weights", "ternary", "ternary_keeping_super_weights"):

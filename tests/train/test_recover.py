@@ -1,4 +1,4 @@
-"""bitconv.train.recover: QAT end to end on tiny models (CPU, a few steps), checkpoints, resume, bad input."""
+"""bitconv.train.pipeline.recover: QAT end to end on tiny models (CPU, a few steps), checkpoints, resume, bad input."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ import torch
 import bitconv
 from bitconv.errors import BitconvError
 from bitconv.format.reader import PackedReader
-from bitconv.train import recover as R
+from bitconv.quantize.config import QuantConfig
+from bitconv.train import checkpoints, losses, tasks
+from bitconv.train.config import RecoverConfig
+from bitconv.train.pipeline import recover
 
 WORDS = ["the", "movie", "was", "is", "not", "good", "great", "fun", "bad", "awful", "boring", "plot", "actors"]
 POSITIVE, NEGATIVE = ["good", "great", "fun"], ["bad", "awful", "boring"]
@@ -93,9 +96,13 @@ def text_file(tmp_path_factory) -> Path:
 def _classify(bert_dir, sentiment, out, **kwargs):
     options = dict(task="classify", steps=12, batch_size=16, lr=3e-3)
     options.update(kwargs.pop("options", {}))
-    cfg = R.RecoverConfig(**options)
+    cfg = RecoverConfig(**options)
     kwargs.setdefault("device", "cpu")
-    return R.recover(str(bert_dir), out, train=sentiment[0], eval=sentiment[1], config=cfg, progress=False, **kwargs)
+    return recover(str(bert_dir), out, train=sentiment[0], eval=sentiment[1], config=cfg, progress=False, **kwargs)
+
+
+def _saved_step(ckpt_dir: Path) -> int:
+    return json.loads((ckpt_dir / checkpoints.STATE_FOLDER / checkpoints.STATE_JSON).read_text())["step"]
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -126,16 +133,23 @@ def test_distillation_trains_a_teacher_first_and_starts_from_it(bert_dir, sentim
     assert result.metrics["teacher"]["accuracy"] > 0.8
     assert (tmp_path / "out.ckpt" / "teacher" / "config.json").exists()
     # the student starts from the fine-tuned teacher, so even before QAT it is better than chance
-    assert result.metrics["before"]["n_eval"] == 40
+    assert result.metrics["before"]["n_examples"] == 40
 
 
 def test_lm_distillation_with_super_weights_and_int8_activations(llama_dir, text_file, tmp_path):
-    cfg = R.RecoverConfig(task="lm", steps=10, batch_size=4, seq_len=16, lr=3e-3, distill=True, super_weights=2,
-                          activations="int8", progressive=(8, 4), phase_steps=2)
-    result = R.recover(str(llama_dir), tmp_path / "out", train=text_file, config=cfg, device="cpu", progress=False)
+    cfg = RecoverConfig(task="lm", quant=QuantConfig.for_bits(1.58, activations="int8"), steps=10, batch_size=4,
+                        seq_len=16, lr=3e-3, distill=True, super_weights=2, progressive=(8, 4), phase_steps=2)
+    result = recover(str(llama_dir), tmp_path / "out", train=text_file, config=cfg, device="cpu", progress=False)
     m = result.metrics
     assert m["after"]["perplexity"] < m["before"]["perplexity"]
-    assert m["converted"]["nll"] == pytest.approx(m["after"]["nll"], rel=1e-4)
+    assert m["converted"]["mean_nll_nats"] == pytest.approx(m["after"]["mean_nll_nats"], rel=1e-4)
+    # the one perplexity: `bitconv eval` on the written folder and the held-out tail gives recovery.json's number
+    from bitconv.evaluate.metrics import evaluate_model
+
+    again = evaluate_model(str(tmp_path / "out"), "perplexity", str(text_file), context=16, start_fraction=0.95,
+                           max_tokens=cfg.eval_tokens, batch_size=8, latency_repeats=0, progress=False)
+    assert again["metrics"]["perplexity"] == pytest.approx(m["converted"]["perplexity"], rel=1e-6)
+    assert again["metrics"]["n_scored_tokens"] == m["converted"]["n_scored_tokens"]
     assert len(m["super_weights"]) == 2 and all("down_proj" in sw["tensor"] for sw in m["super_weights"])
     reader = PackedReader(tmp_path / "out")
     kept = {sw["tensor"] for sw in m["super_weights"]}
@@ -156,7 +170,7 @@ def test_same_seed_same_bytes_on_cpu(bert_dir, sentiment, tmp_path):
 
 def test_resume_continues_to_the_same_result(bert_dir, sentiment, tmp_path, monkeypatch):
     _classify(bert_dir, sentiment, tmp_path / "full")
-    real = R._step_loss
+    real = tasks.ClassifyTask.loss
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -165,11 +179,11 @@ def test_resume_continues_to_the_same_result(bert_dir, sentiment, tmp_path, monk
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(R, "_step_loss", interrupted)
+    monkeypatch.setattr(tasks.ClassifyTask, "loss", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _classify(bert_dir, sentiment, tmp_path / "resumed", save_every=5)
-    assert torch.load(tmp_path / "resumed.ckpt" / "state.pt", weights_only=False)["step"] == 5
-    monkeypatch.setattr(R, "_step_loss", real)
+    assert _saved_step(tmp_path / "resumed.ckpt") == 5
+    monkeypatch.setattr(tasks.ClassifyTask, "loss", real)
     with pytest.raises(BitconvError, match="pass --resume"):
         _classify(bert_dir, sentiment, tmp_path / "resumed", save_every=5)
     with pytest.raises(BitconvError, match=r"different configuration \(differs in: lr\)"):
@@ -178,8 +192,42 @@ def test_resume_continues_to_the_same_result(bert_dir, sentiment, tmp_path, monk
     assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == (tmp_path / "full" / "model.safetensors").read_bytes()
 
 
+class _Planted:
+    """Unpickling this runs open(marker, "w"): what a crafted checkpoint could do with any code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_malicious_pickle_checkpoint_runs_nothing_and_fails_in_one_line(bert_dir, sentiment, tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "out.ckpt"
+    ckpt.mkdir()
+    (ckpt / "state.pt").write_bytes(pickle.dumps({"step": _Planted(marker)}))
+    with pytest.raises(BitconvError, match=r"state.pt: a pickle checkpoint, which bitconv never loads") as err:
+        _classify(bert_dir, sentiment, tmp_path / "out", resume=True)
+    assert "\n" not in str(err.value) and not marker.exists()
+    # the same bytes renamed into the new layout are refused by the safetensors parser, still without running
+    state = ckpt / checkpoints.STATE_FOLDER
+    state.mkdir()
+    (ckpt / "state.pt").rename(state / checkpoints.TENSORS)
+    fp = {"planted": True}
+    (state / checkpoints.STATE_JSON).write_text(json.dumps({"checkpoint_version": checkpoints.CHECKPOINT_VERSION,
+                                                            "fingerprint": fp}))
+    with pytest.raises(BitconvError, match=r"tensors.safetensors: cannot read the checkpoint") as err:
+        checkpoints.load_checkpoint(ckpt, fp)
+    assert "\n" not in str(err.value) and not marker.exists()
+    pickle.loads((state / checkpoints.TENSORS).read_bytes())  # the file was armed: unpickling it runs the code
+    assert marker.exists()
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(bert_dir, sentiment, tmp_path, monkeypatch):
-    real = R._step_loss
+    real = tasks.ClassifyTask.loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -187,11 +235,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(bert_dir, sentiment, 
         loss, n = real(*args, **kwargs)
         return (loss * float("nan") if calls["n"] == 7 else loss), n
 
-    monkeypatch.setattr(R, "_step_loss", poisoned)
+    monkeypatch.setattr(tasks.ClassifyTask, "loss", poisoned)
     with pytest.raises(BitconvError, match=r"training diverged at step 7 \(loss nan\).*step 4\) is kept") as err:
         _classify(bert_dir, sentiment, tmp_path / "out", save_every=4)
     assert "\n" not in str(err.value)
-    assert torch.load(tmp_path / "out.ckpt" / "state.pt", weights_only=False)["step"] == 4
+    assert _saved_step(tmp_path / "out.ckpt") == 4
     assert not (tmp_path / "out").exists()
 
 
@@ -205,45 +253,56 @@ def test_bad_inputs_fail_in_one_line(bert_dir, sentiment, tmp_path):
     with pytest.raises(BitconvError, match=r"other.tsv: label 'positive' \(example 1\) is not in the training file's labels \(0, 1\)"):
         _classify(bert_dir, (sentiment[0], other), tmp_path / "o2")
     with pytest.raises(BitconvError, match="recover trains 1.58, 1, 2, 4 or 8 bits"):
-        R.RecoverConfig(bits=16)
+        RecoverConfig(quant=QuantConfig(bits=16))
     with pytest.raises(BitconvError, match="unknown --bits"):
-        R.RecoverConfig(bits=3)
+        RecoverConfig(quant=QuantConfig.for_bits(3))
     if not torch.cuda.is_available():
         with pytest.raises(BitconvError, match="no CUDA GPU is visible"):
             _classify(bert_dir, sentiment, tmp_path / "o3", device="cuda")
     with pytest.raises(BitconvError, match="needs --eval"):
-        R.recover(str(bert_dir), tmp_path / "o4", train=sentiment[0], config=R.RecoverConfig(), device="cpu")
+        recover(str(bert_dir), tmp_path / "o4", train=sentiment[0], config=RecoverConfig(), device="cpu")
     bitconv.convert(bert_dir, tmp_path / "packed", progress=False)
     with pytest.raises(BitconvError, match=r"packed is already a bitconv folder.*\(bert\): pass that instead"):
         _classify(tmp_path / "packed", sentiment, tmp_path / "o5")
     (tmp_path / "exists").mkdir()
-    with pytest.raises(BitconvError, match="already exists; pass --force"):
+    with pytest.raises(BitconvError, match="already exists; choose another --out or pass --force"):
         _classify(bert_dir, sentiment, tmp_path / "exists")
 
 
+def test_config_round_trips_with_convert_vocabulary_and_refuses_newer_versions():
+    cfg = RecoverConfig(task="lm", quant=QuantConfig.for_bits(1.58, "group:64", keep_outliers="0.1%"), progressive=(8, 4),
+                        phase_steps=3)
+    assert cfg.quant.keep_outliers == pytest.approx(0.001)
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert RecoverConfig.from_dict(d) == cfg
+    with pytest.raises(BitconvError, match="config_version 99: this bitconv reads version 1"):
+        RecoverConfig.from_dict({**d, "config_version": 99})
+
+
 def test_quant_schedule_phases():
-    cfg = R.RecoverConfig(progressive=(8, 4, 2), phase_steps=10, quant_warmup_steps=20)
-    assert [R.quant_phase(cfg, s)[0] for s in (0, 9, 10, 25, 30, 100)] == [8.0, 8.0, 4.0, 2.0, 1.58, 1.58]
-    assert [R.quant_phase(cfg, s)[1] for s in (0, 10, 20, 50)] == [0.0, 0.5, 1.0, 1.0]
+    cfg = RecoverConfig(progressive=(8, 4, 2), phase_steps=10, quant_warmup_steps=20)
+    assert [losses.quant_phase(cfg, s)[0] for s in (0, 9, 10, 25, 30, 100)] == [8.0, 8.0, 4.0, 2.0, 1.58, 1.58]
+    assert [losses.quant_phase(cfg, s)[1] for s in (0, 10, 20, 50)] == [0.0, 0.5, 1.0, 1.0]
     with pytest.raises(BitconvError, match="--phase-steps"):
-        R.RecoverConfig(progressive=(8,))
+        RecoverConfig(progressive=(8,))
 
 
 def test_distillation_kl_is_zero_for_equal_logits_and_positive_otherwise():
     a = torch.randn(4, 7)
-    assert R.distillation_kl(a, a, 2.0).item() == pytest.approx(0.0, abs=1e-6)
-    assert R.distillation_kl(a, torch.randn(4, 7), 2.0).item() > 0
+    assert losses.distillation_kl(a, a, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.distillation_kl(a, torch.randn(4, 7), 2.0).item() > 0
 
 
 @pytest.mark.slow
 def test_data_parallel_torchrun_two_cpu_processes(bert_dir, sentiment, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(
-        "import sys\nfrom bitconv.train import recover as R\n"
-        "cfg = R.RecoverConfig(task='classify', steps=6, batch_size=8, lr=3e-3)\n"
-        f"r = R.recover({str(bert_dir)!r}, {str(tmp_path / 'out')!r}, train={str(sentiment[0])!r}, "
+        "from bitconv.evaluate.results import headline\nfrom bitconv.train.config import RecoverConfig\n"
+        "from bitconv.train.pipeline import recover\n"
+        "cfg = RecoverConfig(task='classify', steps=6, batch_size=8, lr=3e-3)\n"
+        f"r = recover({str(bert_dir)!r}, {str(tmp_path / 'out')!r}, train={str(sentiment[0])!r}, "
         f"eval={str(sentiment[1])!r}, config=cfg, device='cpu', progress=False)\n"
-        "print('RESULT', R.headline(r.metrics['converted']) if r.metrics else 'worker')\n"
+        "print('RESULT', headline(r.metrics['converted']) if r.metrics else 'worker')\n"
     )
     import socket
 

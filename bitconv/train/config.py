@@ -1,0 +1,113 @@
+"""`RecoverConfig`: every option that changes the trained weights, frozen, versioned and serialisable to JSON.
+
+The quantization options are a `QuantConfig` (the one `convert` takes), so `--bits`, `--granularity`,
+`--keep-outliers 0.1%` and the rest read the same in `recover` as in `convert`. A checkpoint is resumed
+only under an equal config (bitconv.train.checkpoints compares their dicts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from bitconv.errors import OptionError
+from bitconv.format.vocab import BITS_TO_SCHEME
+from bitconv.quantize.config import QuantConfig, check_config_version, parse_bits
+
+CONFIG_VERSION = 1
+TASKS = ("classify", "lm")
+PRECISIONS = ("fp32", "bf16")
+# widths the trainer can train towards, and the intermediate steps of a progressive schedule
+TRAINABLE_BITS = (1.58, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass(frozen=True)
+class RecoverConfig:
+    """The recipe of one `recover` run (data sources, devices and output paths are arguments, not options here)."""
+
+    task: str = "classify"
+    quant: QuantConfig = field(default_factory=QuantConfig)  # what the folder stores, as `convert` takes it
+    super_weights: int = 0  # how many super weights to find and keep in fp16 (0: none)
+    # distillation from the full-precision teacher
+    distill: bool = False
+    teacher: str | None = None  # fp fine-tuned classifier folder; None: fine-tune one first (classify)
+    temperature: float = 2.0
+    distill_weight: float = 0.5  # share of the KL term; the rest is the task loss
+    hidden_weight: float = 0.0  # weight of the hidden-state matching loss
+    # quantization schedule
+    quant_warmup_steps: int = 0  # blend w = (1 - lam) w + lam q(w), lam 0 -> 1 over these steps
+    progressive: tuple[float, ...] = ()  # bits trained before the target, e.g. (8, 4, 2)
+    phase_steps: int = 0  # steps per progressive phase
+    # optimisation
+    steps: int | None = None
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    lr_warmup: float = 0.05  # fraction of steps
+    init: str = "teacher"  # classify + distill: start the student from the teacher ("teacher") or the source
+    teacher_epochs: float = 1.0
+    teacher_lr: float = 5e-5
+    max_length: int = 128  # classify: tokens per text
+    seq_len: int = 256  # lm: tokens per block
+    eval_fraction: float = 0.05  # lm without --eval: the held-out tail of the training text
+    eval_tokens: int = 200_000  # lm: at most this many held-out tokens are scored
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA)
+    seed: int = 0
+    text_column: str | None = None
+    label_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise OptionError(f"unknown --task {self.task!r}: use classify or lm")
+        if not isinstance(self.quant, QuantConfig):
+            raise OptionError(f"quant must be a QuantConfig, not {type(self.quant).__name__}")
+        if self.quant.bits not in TRAINABLE_BITS:
+            raise OptionError(f"--bits {self.quant.bits:g}: recover trains 1.58, 1, 2, 4 or 8 bits, not "
+                              f"{BITS_TO_SCHEME[self.quant.bits]}")
+        prog = tuple(parse_bits(b) for b in self.progressive)
+        for b in prog:
+            if b not in TRAINABLE_BITS:
+                raise OptionError(f"--progressive: {b:g} bits cannot be trained; use steps from 8, 4, 2")
+        object.__setattr__(self, "progressive", prog)
+        if prog and self.phase_steps < 1:
+            raise OptionError("--progressive needs --phase-steps N (training steps spent at each width)")
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"unknown --precision {self.precision!r}: use fp32 or bf16")
+        if self.init not in ("teacher", "source"):
+            raise OptionError(f"unknown --init {self.init!r}: use teacher or source")
+        if not 0 <= self.distill_weight <= 1:
+            raise OptionError(f"--distill-weight {self.distill_weight}: must be between 0 and 1")
+        if self.temperature <= 0:
+            raise OptionError(f"--temperature {self.temperature}: must be positive")
+        if self.batch_size < 1 or (self.steps is not None and self.steps < 1) or self.epochs <= 0:
+            raise OptionError("--batch-size, --steps and --epochs must be positive")
+        if not 0 < self.eval_fraction < 1:
+            raise OptionError(f"--eval-fraction {self.eval_fraction}: must be between 0 and 1")
+        if self.seq_len < 2 or self.max_length < 2:
+            raise OptionError("--seq-len and --max-length must be at least 2 tokens")
+
+    def quant_config(self, bits: float | None = None) -> QuantConfig:
+        """The target's convert options, or the scheme defaults of an intermediate (progressive) width."""
+        if bits is None or bits == self.quant.bits:
+            return self.quant
+        return QuantConfig.for_bits(bits, activations=self.quant.activations)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["quant"] = self.quant.to_dict()
+        d["progressive"] = list(self.progressive)
+        d["config_version"] = CONFIG_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RecoverConfig":
+        """The config a `to_dict` wrote (recovery.json's recipe); a newer config_version is an error."""
+        check_config_version(d, CONFIG_VERSION, "recovery options")
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in names}
+        values["quant"] = QuantConfig.from_dict(d.get("quant", {}))
+        values["progressive"] = tuple(values.get("progressive", ()))
+        return cls(**values)
+
+    def with_(self, **changes) -> "RecoverConfig":
+        return replace(self, **changes)

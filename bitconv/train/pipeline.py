@@ -1,0 +1,174 @@
+"""`recover()`: quantization-aware training that brings a quantized model's accuracy back, end to end.
+
+    source model (fp) --> [fp teacher: the original LM, or a classifier fine-tuned first]
+    --> latent fp student, fake-quantized as `convert` quantizes (straight-through estimator; optional
+        distillation, warm-up blend, progressive widths, int8 activations, fp16 super weights)
+    --> latent weights saved as a Hugging Face checkpoint --> bitconv.convert --> the output folder.
+
+The folder computes what the last training step computed; `recovery.json` in it records the recipe and the
+metrics of the original, the model before and after training and the converted folder, all measured by
+bitconv.evaluate.metrics (the code `bitconv eval` runs).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from bitconv.errors import OutputError, SourceError
+from bitconv.format.atomic import check_output, staged_folder, write_json_atomic
+from bitconv.train import checkpoints, qat
+from bitconv.train.config import RecoverConfig
+from bitconv.train.runtime import Runtime, seed_everything, start_runtime, stop_runtime
+from bitconv.train.tasks import TASK_TYPES, steps_for
+from bitconv.train.trainer import Checkpointing, train_model
+
+
+@dataclass
+class RecoverResult:
+    out: Path
+    metrics: dict = field(default_factory=dict)  # also in out/recovery.json
+    timings: dict = field(default_factory=dict)  # wall clock and throughput per phase (not in the folder)
+
+
+def recover(source: str, out: str | Path, *, train: str | Path, eval: str | Path | None = None,
+            config: RecoverConfig | None = None, device: str = "auto", checkpoint_dir: str | Path | None = None,
+            resume: bool = False, force: bool = False, save_every: int = 500, progress: bool = True) -> RecoverResult:
+    """Train a quantized model back to accuracy and write it as a bitconv folder at `out`.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes the folder and gets the
+    metrics, the others return an empty result.
+    """
+    rt = start_runtime(device)
+    try:
+        return _recover(str(source), Path(out), Path(train), Path(eval) if eval is not None else None,
+                        config or RecoverConfig(), rt, checkpoint_dir, resume, force, save_every, progress)
+    finally:
+        stop_runtime(rt)
+
+
+def source_name(source: str) -> str:
+    path = Path(str(source))
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
+def _refuse_packed(source: str) -> None:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        import json
+
+        from bitconv.format.reader import is_bitconv_folder
+
+        if is_bitconv_folder(path):
+            origin = json.loads((path / "config.json").read_text()).get("quantization_config", {}).get("source")
+            raise SourceError(f"{path} is already a bitconv folder; recover trains from the full-precision model "
+                              f"it was converted from ({origin}): pass that instead")
+
+
+def tokenizer_for(source: str):
+    from bitconv.quantize.source import load_tokenizer
+
+    tok = load_tokenizer(source)
+    if tok.pad_token is None:  # batches of texts are padded; GPT-2 style tokenizers have no pad token
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def _recover(source: str, out: Path, train_path: Path, eval_path: Path | None, cfg: RecoverConfig, rt: Runtime,
+             checkpoint_dir, resume: bool, force: bool, save_every: int, progress: bool) -> RecoverResult:
+    inputs = [p for p in (Path(source).expanduser(), train_path, eval_path) if p is not None and p.exists()]
+    out = check_output(out, force=force, inputs=inputs)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out.with_name(out.name + ".ckpt")
+    if checkpoints.exists(ckpt_dir) and not resume and not force:
+        raise OutputError(f"{ckpt_dir} holds a checkpoint from an earlier run; pass --resume to continue it or "
+                          "--force to start afresh")
+    if force and not resume:
+        (ckpt_dir / checkpoints.LEGACY_PICKLE).unlink(missing_ok=True)  # bitconv's own, never loaded
+    _refuse_packed(source)
+    seed_everything(cfg.seed)
+    tok = tokenizer_for(source)
+    task = TASK_TYPES[cfg.task].prepare(cfg, tok, train_path, eval_path)
+    fp = checkpoints.fingerprint(cfg.to_dict(), source, task.data, rt.world)
+    resume_state = checkpoints.load_checkpoint(ckpt_dir, fp) if resume and checkpoints.exists(ckpt_dir) else None
+    log: list[dict] = []
+    timings: dict = {}
+    metrics: dict = {"task": cfg.task, "source": source, **task.described}
+
+    def evaluate(model: nn.Module) -> dict:
+        return task.evaluate(model, source)
+
+    def fine_tune(model: nn.Module, steps: int, lr: float, label: str) -> None:
+        st = train_model(model, task, cfg=cfg, rt=rt, total_steps=steps, lr=lr, progress=progress, label=label, log=log)
+        timings[label] = {"seconds": round(st.seconds, 1), task.unit + "_per_s": round(st.rate, 1)}
+
+    model = task.load_model(source).to(rt.device)
+    teacher = None
+    if cfg.distill or cfg.teacher:
+        teacher = task.teacher(source, rt, ckpt_dir, fp, fine_tune)
+        teacher.eval().requires_grad_(False)
+        metrics["teacher"] = evaluate(teacher)
+        task.start_student(model, teacher)
+        if not cfg.distill:
+            teacher = None  # a teacher given only to start from
+    if task.name == "lm":
+        metrics["original"] = metrics.get("teacher") or evaluate(model)
+    qcfg = cfg.quant_config()
+    names = qat.quantized_weight_names(model, qcfg)
+    outliers = {}
+    if cfg.super_weights:
+        from bitconv.train import super_weights as sw
+
+        found = sw.find_super_weights(model, task.calibration_batches(rt.device), cfg.super_weights, candidates=names)
+        outliers = sw.as_outlier_indices(found, sw.linear_shapes(model, {f.tensor for f in found}))
+        metrics["super_weights"] = [f.to_dict() for f in found]
+        with sw.zeroed(model, found):  # what they carry: the fp model with them set to zero
+            metrics["fp_without_super_weights"] = evaluate(model)
+    attached = qat.attach(model, names, qcfg, outliers)
+    metrics["n_quantized_tensors"] = len(names)
+    metrics["before"] = evaluate(model)
+    total = steps_for(cfg, task.n_items, rt.world)
+    if rt.main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state = train_model(model, task, cfg=cfg, rt=rt, total_steps=total, lr=cfg.lr, teacher=teacher, attached=attached,
+                        saving=Checkpointing(ckpt_dir, fp, save_every), resume=resume_state, progress=progress,
+                        log=log)
+    timings["recover"] = {"seconds": round(state.seconds, 1), task.unit + "_per_s": round(state.rate, 1),
+                          "device": str(rt.device), "world_size": rt.world}
+    qat.set_quantization(attached, qcfg, 1.0)
+    metrics["after"] = evaluate(model)
+    metrics["steps"] = state.step
+    metrics["batch_size"] = cfg.batch_size * rt.world
+    metrics["train_" + task.unit] = state.tokens
+    rt.barrier()
+    if rt.main:
+        qat.detach(model, attached)
+        write_folder(model, tok, task, source, out, cfg, outliers, metrics, log, rt)
+    return RecoverResult(out, metrics if rt.main else {}, timings)
+
+
+def write_folder(model: nn.Module, tok, task, source: str, out: Path, cfg: RecoverConfig, outliers: dict,
+                 metrics: dict, log: list, rt: Runtime) -> None:
+    """Latent weights -> temporary HF checkpoint -> bitconv.convert -> measured -> `out`, replaced atomically."""
+    from bitconv import load
+    from bitconv.quantize.convert import convert
+    from bitconv.report.model_card import recovery_card
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out.parent} ({exc.strerror}); choose another --out") from None
+    with tempfile.TemporaryDirectory(prefix=".bitconv-recover-", dir=out.parent) as tmp:
+        # named after the source: convert records the checkpoint folder's name as the source
+        latent = Path(tmp) / source_name(source)
+        model.save_pretrained(latent, safe_serialization=True)
+        tok.save_pretrained(latent)
+        with staged_folder(out) as staged:
+            convert(str(latent), staged, cfg.quant, force=True, progress=False,
+                    outliers={name: idx.cpu().tolist() for name, idx in outliers.items()} or None)
+            metrics["converted"] = task.evaluate(load(staged).to(rt.device), str(out))
+            card = staged / "README.md"
+            card.write_text(card.read_text() + recovery_card(source_name(source), cfg.distill, metrics))
+            write_json_atomic(staged / "recovery.json", {"recipe": cfg.to_dict(), "metrics": metrics, "log": log})
