@@ -141,28 +141,28 @@ def open_torch_backend(source: str, device: torch.device = torch.device("cpu")) 
     if not path.exists():  # a Hub id: its files are in the local cache
         path = Path(open_source(source).folder)
 
+    return Backend(source=source, runtime="torch", origin="bitconv" if is_bitconv else "original", kind=kind,
+                   config=model.config, tokenizer=tokenizer, forward=_torch_forward(model, kind), module=model,
+                   quantization_config=getattr(model, "bitconv_config", None), weight_files=_weight_files(path),
+                   device=device, image_processor=processor)
+
+
+def _torch_forward(model: torch.nn.Module, kind: str) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
     def forward(inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if kind == IMAGE_CLASSIFICATION:
             return model(pixel_values=inputs).logits
         return model(input_ids=inputs, attention_mask=attention_mask).logits
 
-    return Backend(source=source, runtime="torch", origin="bitconv" if is_bitconv else "original", kind=kind,
-                   config=model.config, tokenizer=tokenizer, forward=forward, module=model,
-                   quantization_config=getattr(model, "bitconv_config", None), weight_files=_weight_files(path),
-                   device=device, image_processor=processor)
+    return forward
 
 
-def module_backend(model: torch.nn.Module, tokenizer, source: str) -> Backend:
+def module_backend(model: torch.nn.Module, tokenizer, source: str, image_processor=None) -> Backend:
     """A model held in memory (`recover` measures the one it trains) behind the same interface, so it is
     scored by the same metric code as `bitconv eval` scores a folder. Inputs go to the model's device."""
-    device = next(model.parameters()).device
-
-    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        mask = attention_mask.to(device) if attention_mask is not None else None
-        return model(input_ids=input_ids.to(device), attention_mask=mask).logits
-
-    return Backend(source=source, runtime="torch", origin="training", kind=model_kind(type(model).__name__),
-                   config=model.config, tokenizer=tokenizer, forward=forward, module=model)
+    kind = model_kind(type(model).__name__)
+    return Backend(source=source, runtime="torch", origin="training", kind=kind, config=model.config,
+                   tokenizer=tokenizer, forward=_torch_forward(model, kind), module=model,
+                   device=next(model.parameters()).device, image_processor=image_processor)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bitconv.errors import OptionError
+from bitconv.device import pick_device
 
 
 @dataclass
@@ -40,18 +40,6 @@ class Runtime:
         value = value.detach().clone()
         dist.all_reduce(value)
         return value / self.world
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise OptionError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise OptionError(f"unknown --device {name!r}: use auto, cpu or cuda")
 
 
 def start_runtime(device: str) -> Runtime:
