@@ -27,8 +27,8 @@ def register(app: typer.Typer) -> None:
     def recover_command(
         source: Annotated[str, typer.Argument(help="Model folder, .gguf file or Hub id (full precision).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output bitconv folder.")],
-        train: Annotated[Path, typer.Option(help="Training data: TSV/CSV of text and label (classify) or a text file (lm).")],
-        task: Annotated[str, typer.Option(help="classify (adds a classifier head where needed) or lm.")] = "classify",
+        train: Annotated[Path, typer.Option(help="Training data: TSV/CSV of text and label (classify), an image folder with one sub-folder per class or a saved `datasets` split (image-classify), or a text file (lm).")],
+        task: Annotated[str, typer.Option(help="classify (adds a classifier head where needed), image-classify (...ForImageClassification, e.g. ViT) or lm.")] = "classify",
         eval: Annotated[Optional[Path], typer.Option(help="Held-out data (same format); lm default: the tail of --train.")] = None,
         bits: Annotated[str, typer.Option(help="Target width: 1.58 (ternary), 1, 2, 4 or 8.")] = "1.58",
         granularity: Annotated[Optional[str], typer.Option(help="tensor | channel | group:N (default by scheme, as convert).")] = None,
@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
         temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 2.0,
         distill_weight: Annotated[float, typer.Option(help="Share of the KL term in the loss (rest: task loss).")] = 0.5,
         hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state matching loss (0: off).")] = 0.0,
+        attention_weight: Annotated[float, typer.Option(help="Classification: weight of the attention-map KL to the same-architecture teacher (0: off).")] = 0.0,
+        logits_teacher: Annotated[Optional[str], typer.Option(help="Classification: a (larger) teacher for the logits and the augmented texts; a base model is fine-tuned first.")] = None,
+        augment: Annotated[int, typer.Option(help="classify + distill: teacher-labelled edited variants per training text (0: off).")] = 0,
         quant_warmup_steps: Annotated[int, typer.Option(help="Blend fp -> quantized over N steps: w = (1-l) w + l q(w).")] = 0,
         progressive: Annotated[str, typer.Option(help="Widths trained before the target, e.g. 8,4,2.")] = "",
         phase_steps: Annotated[int, typer.Option(help="Steps at each --progressive width.")] = 0,
@@ -61,7 +64,7 @@ def register(app: typer.Typer) -> None:
         label_column: Annotated[Optional[str], typer.Option(help="Label column name or index (default: found).")] = None,
         precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast on CUDA.")] = "fp32",
         seed: Annotated[int, typer.Option(help="Random seed (CPU runs are deterministic).")] = 0,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
         checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints (default: OUT.ckpt).")] = None,
         save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
         resume: Annotated[bool, typer.Option(help="Continue from the checkpoint (same options only).")] = False,
@@ -78,6 +81,7 @@ def register(app: typer.Typer) -> None:
         cfg = RecoverConfig(
             task=task, quant=quant, super_weights=super_weights, distill=distill, teacher=teacher,
             temperature=temperature, distill_weight=distill_weight, hidden_weight=hidden_weight,
+            attention_weight=attention_weight, logits_teacher=logits_teacher, augment=augment,
             quant_warmup_steps=quant_warmup_steps, progressive=tuple(p for p in progressive.split(",") if p.strip()),
             phase_steps=phase_steps, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, lr_warmup=lr_warmup,
             weight_decay=weight_decay, init=init, teacher_epochs=teacher_epochs, teacher_lr=teacher_lr,
@@ -89,7 +93,7 @@ def register(app: typer.Typer) -> None:
         if not result.metrics:
             return  # a data-parallel worker other than rank 0
         m = result.metrics
-        for key in ("original", "teacher", "before", "after", "converted"):
+        for key in ("original", "teacher", "logits_teacher", "before", "after", "converted"):
             if key in m:
                 typer.echo(f"{key:>9}: {headline(m[key])}")
         typer.echo(f"wrote {result.out} (recipe and metrics in {result.out / 'recovery.json'})")

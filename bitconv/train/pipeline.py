@@ -68,15 +68,6 @@ def _refuse_packed(source: str) -> None:
                               f"it was converted from ({origin}): pass that instead")
 
 
-def tokenizer_for(source: str):
-    from bitconv.quantize.source import load_tokenizer
-
-    tok = load_tokenizer(source)
-    if tok.pad_token is None:  # batches of texts are padded; GPT-2 style tokenizers have no pad token
-        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
-    return tok
-
-
 def _recover(source: str, out: Path, train_path: Path, eval_path: Path | None, cfg: RecoverConfig, rt: Runtime,
              checkpoint_dir, resume: bool, force: bool, save_every: int, progress: bool) -> RecoverResult:
     inputs = [p for p in (Path(source).expanduser(), train_path, eval_path) if p is not None and p.exists()]
@@ -89,8 +80,9 @@ def _recover(source: str, out: Path, train_path: Path, eval_path: Path | None, c
         (ckpt_dir / checkpoints.LEGACY_PICKLE).unlink(missing_ok=True)  # bitconv's own, never loaded
     _refuse_packed(source)
     seed_everything(cfg.seed)
-    tok = tokenizer_for(source)
-    task = TASK_TYPES[cfg.task].prepare(cfg, tok, train_path, eval_path)
+    task_type = TASK_TYPES[cfg.task]
+    tok = task_type.processor_for(source)  # a tokenizer, or an image model's image processor
+    task = task_type.prepare(cfg, tok, train_path, eval_path)
     fp = checkpoints.fingerprint(cfg.to_dict(), source, task.data, rt.world)
     resume_state = checkpoints.load_checkpoint(ckpt_dir, fp) if resume and checkpoints.exists(ckpt_dir) else None
     log: list[dict] = []
@@ -100,8 +92,10 @@ def _recover(source: str, out: Path, train_path: Path, eval_path: Path | None, c
     def evaluate(model: nn.Module) -> dict:
         return task.evaluate(model, source)
 
-    def fine_tune(model: nn.Module, steps: int, lr: float, label: str) -> None:
-        st = train_model(model, task, cfg=cfg, rt=rt, total_steps=steps, lr=lr, progress=progress, label=label, log=log)
+    def fine_tune(model: nn.Module, steps: int, lr: float, label: str, on=None) -> None:
+        """Full-precision training of a teacher on `on` (the task, or its view through the teacher's tokenizer)."""
+        st = train_model(model, on or task, cfg=cfg, rt=rt, total_steps=steps, lr=lr, progress=progress, label=label,
+                         log=log)
         timings[label] = {"seconds": round(st.seconds, 1), task.unit + "_per_s": round(st.rate, 1)}
 
     model = task.load_model(source).to(rt.device)
@@ -110,6 +104,7 @@ def _recover(source: str, out: Path, train_path: Path, eval_path: Path | None, c
         teacher = task.teacher(source, rt, ckpt_dir, fp, fine_tune)
         teacher.eval().requires_grad_(False)
         metrics["teacher"] = evaluate(teacher)
+        metrics.update(task.extra_metrics)
         task.start_student(model, teacher)
         if not cfg.distill:
             teacher = None  # a teacher given only to start from

@@ -144,10 +144,11 @@ def test_lm_distillation_with_super_weights_and_int8_activations(llama_dir, text
     assert m["after"]["perplexity"] < m["before"]["perplexity"]
     assert m["converted"]["mean_nll_nats"] == pytest.approx(m["after"]["mean_nll_nats"], rel=1e-4)
     # the one perplexity: `bitconv eval` on the written folder and the held-out tail gives recovery.json's number
-    from bitconv.evaluate.metrics import evaluate_model
+    from bitconv.evaluate.run import EvalConfig, evaluate_model
 
-    again = evaluate_model(str(tmp_path / "out"), "perplexity", str(text_file), context=16, start_fraction=0.95,
-                           max_tokens=cfg.eval_tokens, batch_size=8, latency_repeats=0, progress=False)
+    config = EvalConfig("perplexity", str(text_file), context=16, start_fraction=0.95, max_tokens=cfg.eval_tokens,
+                        batch_size=8, latency_repeats=0, device="cpu")
+    again = evaluate_model(str(tmp_path / "out"), config, progress=False)
     assert again["metrics"]["perplexity"] == pytest.approx(m["converted"]["perplexity"], rel=1e-6)
     assert again["metrics"]["n_scored_tokens"] == m["converted"]["n_scored_tokens"]
     assert len(m["super_weights"]) == 2 and all("down_proj" in sw["tensor"] for sw in m["super_weights"])
