@@ -195,8 +195,9 @@ class ClassifyTask:
         teacher = self.load_model(source).to(rt.device)
         steps = steps_for(self.cfg, self.n_items, rt.world, epochs=self.cfg.teacher_epochs)
         fine_tune(teacher, steps, self.cfg.teacher_lr, f"teacher {Path(source).name} (fp)", self)
-        if rt.main:
+        if rt.main:  # with its tokenizer (or image processor): a model folder that `bitconv eval` and --teacher read
             teacher.save_pretrained(folder, safe_serialization=True)
+            self.processor.save_pretrained(folder)
             write_json_atomic(marker, {"fingerprint": fingerprint, "steps": steps})
         rt.barrier()
         return teacher
