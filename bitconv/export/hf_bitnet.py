@@ -32,7 +32,7 @@ from bitconv.format.atomic import check_output, staged_folder
 from bitconv.format.layouts import HF_BITNET_VALUES_PER_BYTE as VALUES_PER_BYTE
 from bitconv.format.layouts import pack_output_dim
 from bitconv.format.reader import PackedReader, read_bitconv_config
-from bitconv.format.vocab import SIDE_FILES
+from bitconv.format.vocab import SIDE_FILES, TRANSFORMERS_GUARD_KEY
 
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
 
@@ -75,8 +75,10 @@ def export_hf_bitnet(folder: Path | str, out: Path | str, *, linear_class: str =
     """Write a transformers BitNet folder at `out` from a bitconv folder."""
     import torch.nn as nn
     from safetensors.numpy import save_file
+    from transformers.quantizers.quantizers_utils import should_convert_module
 
     from bitconv.display import task_progress
+    from bitconv.quantize.hf_quantizer import model_weight_names
     from bitconv.quantize.schemes import decode, dequantize
 
     folder, out = Path(folder), Path(out)
@@ -89,6 +91,8 @@ def export_hf_bitnet(folder: Path | str, out: Path | str, *, linear_class: str =
     model = _meta_model(config)
     modules = dict(model.named_modules())
     linear_names = sorted(n for n, m in modules.items() if isinstance(m, nn.Linear))
+    model_names = model_weight_names(model, reader.specs)  # as transformers renames them (ViT's attention.attention)
+    kept_in_fp32 = model._keep_in_fp32_modules or []  # transformers' BitNet layers do not replace these (T5's wo)
 
     result = HFBitNetExportResult(out, f"hf-bitnet:{linear_class}", linear_class=linear_class)
     tensors: dict[str, np.ndarray] = {}
@@ -96,12 +100,13 @@ def export_hf_bitnet(folder: Path | str, out: Path | str, *, linear_class: str =
     with task_progress(f"writing {out.name}", total=len(reader.specs) + len(reader.plain_names()),
                        enabled=progress) as advance:
         for name, spec in sorted(reader.specs.items()):
-            module_name = name.removesuffix(".weight")
+            module_name = model_names[name].removesuffix(".weight")
             if not isinstance(modules.get(module_name), nn.Linear):
                 non_linear.append(name)
                 continue
             q = decode(spec, reader.quantized_arrays(name))
-            problem = _fit_problem(spec, spec.shape[0])
+            problem = _fit_problem(spec, spec.shape[0]) or (
+                "" if should_convert_module(module_name, kept_in_fp32) else "transformers keeps it in float32")
             if problem:
                 result.fallbacks[module_name] = problem
                 tensors[name] = dequantize(q).numpy().astype(np.float32)
@@ -109,7 +114,7 @@ def export_hf_bitnet(folder: Path | str, out: Path | str, *, linear_class: str =
                 scale = float(q.scale.reshape(-1)[0])
                 tensors[name] = pack_output_dim(q.codes.numpy())
                 weight_scale = (1.0 / scale if scale else 1.0) if linear_class == "bitlinear" else scale
-                tensors[module_name + ".weight_scale"] = np.array([weight_scale], dtype=np.float32)
+                tensors[name.removesuffix("weight") + "weight_scale"] = np.array([weight_scale], dtype=np.float32)
                 result.converted.append(module_name)
             advance(name)
         for name in reader.plain_names():
@@ -136,7 +141,8 @@ def export_hf_bitnet(folder: Path | str, out: Path | str, *, linear_class: str =
             "(convert with --activations int8 for the same arithmetic)"
         )
 
-    hf_config = {k: v for k, v in config.items() if k != "quantization_config"}
+    # without bitconv's quantization_config and the guard that makes transformers refuse a bitconv folder
+    hf_config = {k: v for k, v in config.items() if k not in ("quantization_config", TRANSFORMERS_GUARD_KEY)}
     hf_config["dtype"] = "float32"
     hf_config["quantization_config"] = {
         "quant_method": "bitnet", "linear_class": linear_class, "quantization_mode": "offline",

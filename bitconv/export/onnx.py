@@ -470,7 +470,7 @@ def export_onnx(folder: str | os.PathLike, onnx_path: str | os.PathLike, *, forc
     _check_supported(quantized, target)
     act_quant = qc.get("activations") == "int8"
 
-    model = load(folder, dequantize=True)
+    model = load(folder, dequantize=True, dtype=torch.float32)  # the float graph; fp16 is restored at run time
     kind = _model_kind(model)
     model_type = model.config.model_type
     _eager_attention(model)

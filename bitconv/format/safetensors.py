@@ -51,7 +51,7 @@ class StreamingSafetensorsWriter:
         if name not in self.slots:
             raise InternalError(f"tensor '{name}' is not in the plan of {self.path.name}")
         offset, planned = self.slots[name]
-        array = np.ascontiguousarray(array)
+        array = np.require(array, requirements="C")  # not ascontiguousarray: it makes 0-d tensors 1-d
         if NP_TO_ST.get(array.dtype) != planned.st_dtype or tuple(array.shape) != tuple(planned.shape):
             raise InternalError(
                 f"tensor '{name}' is {array.dtype}{list(array.shape)}, planned {planned.st_dtype}{list(planned.shape)}"

@@ -15,6 +15,10 @@ import numpy as np
 FORMAT_NAME = "bitconv-packed"
 FORMAT_VERSION = 1
 QUANT_METHOD = "bitconv"
+# config.json key and value that make transformers without bitconv refuse a folder instead of loading random
+# projections (it skips an unknown quant_method); bitconv's quantizer removes them (formats/SPEC.md)
+TRANSFORMERS_GUARD_KEY = "transformers_weights"
+TRANSFORMERS_GUARD = "bitconv-packed weights need bitconv: pip install bitconv, then import bitconv before from_pretrained"
 
 # keys of every packed file's safetensors __metadata__
 META_FORMAT = "bitconv.format"

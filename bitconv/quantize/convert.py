@@ -7,6 +7,7 @@ at a time into files written under a temporary folder that is renamed into place
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,15 @@ from bitconv.errors import BitconvError, InternalError, OptionError, SourceError
 from bitconv.format.atomic import check_output, staged_folder, write_json_atomic
 from bitconv.format.safetensors import StreamingSafetensorsWriter, shard_names, split_into_shards
 from bitconv.format.spec import FilePlan, PlannedTensor
-from bitconv.format.vocab import FORMAT_NAME, FORMAT_VERSION, NP_TO_ST, QUANT_METHOD, SIDE_FILES
+from bitconv.format.vocab import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    NP_TO_ST,
+    QUANT_METHOD,
+    SIDE_FILES,
+    TRANSFORMERS_GUARD,
+    TRANSFORMERS_GUARD_KEY,
+)
 from bitconv.quantize.config import QuantConfig, parse_size
 from bitconv.quantize.plan import Plan, PlanRow, plan_for_source
 from bitconv.quantize.schemes import encode, quantize
@@ -50,9 +59,17 @@ def _quantization_config(cfg: QuantConfig, src: Source) -> dict:
             **cfg.to_dict(), "source": _source_label(src), "source_revision": src.revision}
 
 
+def _float_dtype(source_dtype: str | None) -> str:
+    """config.json's dtype, what `from_pretrained` computes in by default: the folder stores its float tensors in
+    float16, so a float32 source would double them in memory; a bfloat16 source keeps bfloat16's range."""
+    return "bfloat16" if source_dtype == "bfloat16" else "float16"
+
+
 def _write_config(src: Source, cfg: QuantConfig, folder: Path) -> None:
     config = src.config.to_dict()
     config["quantization_config"] = _quantization_config(cfg, src)
+    config["dtype"] = _float_dtype(config.get("dtype"))
+    config[TRANSFORMERS_GUARD_KEY] = TRANSFORMERS_GUARD
     config["_name_or_path"] = _source_label(src)  # transformers records the absolute folder it read
     write_json_atomic(folder / "config.json", config)
 
@@ -67,6 +84,19 @@ def _copy_side_files(src: Source, folder: Path) -> None:
         path = Path(src.folder) / name
         if path.exists():
             shutil.copyfile(path, folder / name)
+    _copy_sentence_transformers_modules(Path(src.folder), folder)
+
+
+def _copy_sentence_transformers_modules(source: Path, folder: Path) -> None:
+    """sentence-transformers keeps the modules after the transformer (pooling, normalisation, dense layers) in the
+    sub-folders modules.json names; SentenceTransformer(folder) needs them, unchanged."""
+    modules = source / "modules.json"
+    if not modules.is_file():
+        return
+    for module in json.loads(modules.read_text()):
+        path = Path(module.get("path") or ".")
+        if path != Path(".") and not path.is_absolute() and ".." not in path.parts and (source / path).is_dir():
+            shutil.copytree(source / path, folder / path)
 
 
 def _to_array(tensor: torch.Tensor, planned: PlannedTensor) -> np.ndarray:
@@ -119,6 +149,9 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, config: QuantConf
     if not dry_run:
         check_output(out, force=force, inputs=[src.folder])
     plan = plan_for_source(src, cfg, outliers)
+    if cfg.scheme != "fp16" and not plan.quantized and not dry_run:  # a dry run shows the plan and why
+        raise SourceError(f"{src.spec}: no quantizable layers found (2-D Linear/Conv1D projection weights inside "
+                          "repeated blocks); check the model, or select tensors with --only PATTERN")
     if dry_run:
         return ConversionResult(out, plan, src.n_bytes, sum(r.n_bytes for r in plan.rows), time.perf_counter() - start)
 

@@ -88,6 +88,10 @@ def make_plan(names_shapes_dtypes: list[tuple[str, tuple[int, ...], str]], cfg: 
             row.action, row.reason = cfg.scheme, "--only" if cfg.only else "block projection"
         elif is_matrix and kind in ("linear", "conv1d"):
             row.reason = "projection outside the repeated blocks (head); --only to quantize it"
+        elif is_matrix and kind is not None:
+            row.reason = f"held by a module of kind '{kind}', not a Linear/Conv1D projection"
+        elif len(shape) != 2:
+            row.reason = f"{len(shape)}-D: norms, biases and convolutions stay float16"
         if row.action not in ("fp16", "copy"):
             out_in = (shape[1], shape[0]) if kind == "conv1d" else tuple(shape)
             # explicit fp16 positions (super weights from `recover`) replace the --keep-outliers count
@@ -111,7 +115,4 @@ def plan_for_source(src: Source, cfg: QuantConfig, outliers: dict[str, list[int]
     unplanned = sorted(set(outliers or {}) - {r.name for r in plan.quantized})
     if unplanned:
         raise OptionError(f"outliers given for '{unplanned[0]}', which this conversion does not quantize")
-    if cfg.scheme != "fp16" and not plan.quantized:
-        raise SourceError(f"{src.spec}: no quantizable layers found (2-D projection weights inside repeated blocks); "
-                           "check the model, or select tensors with --only PATTERN")
     return plan

@@ -149,6 +149,13 @@ def _load_pickles(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def hub_unreachable(repo_id: str) -> SourceError:
+    """The error for a Hub model that is neither reachable nor in the local cache."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    why = "HF_HUB_OFFLINE is set and it is not in the cache" if offline else "the Hub cannot be reached and it is not in the cache"
+    return SourceError(f"cannot get Hub model '{repo_id}': {why}; download it once online or pass a local folder")
+
+
 def _hub_snapshot(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -168,9 +175,7 @@ def _hub_snapshot(repo_id: str, revision: str | None, allow_pickle: bool) -> Pat
     except RepositoryNotFoundError:
         raise SourceError(f"'{repo_id}' is neither a local path nor a Hub model that exists (or you lack access)") from None
     except LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        why = "HF_HUB_OFFLINE is set and it is not in the cache" if offline else "the Hub cannot be reached and it is not in the cache"
-        raise SourceError(f"cannot get Hub model '{repo_id}': {why}; download it once online or pass a local folder") from None
+        raise hub_unreachable(repo_id) from None
     except (OSError, ValueError) as exc:
         raise SourceError(f"cannot get Hub model '{repo_id}': {str(exc).splitlines()[0]}") from None
 

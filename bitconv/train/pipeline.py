@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from bitconv.errors import OutputError, SourceError
@@ -163,7 +164,7 @@ def write_folder(model: nn.Module, tok, task, source: str, out: Path, cfg: Recov
         with staged_folder(out) as staged:
             convert(str(latent), staged, cfg.quant, force=True, progress=False,
                     outliers={name: idx.cpu().tolist() for name, idx in outliers.items()} or None)
-            metrics["converted"] = task.evaluate(load(staged).to(rt.device), str(out))
+            metrics["converted"] = task.evaluate(load(staged, dtype=torch.float32).to(rt.device), str(out))  # as trained
             card = staged / "README.md"
             card.write_text(card.read_text() + recovery_card(source_name(source), cfg.distill, metrics))
             write_json_atomic(staged / "recovery.json", {"recipe": cfg.to_dict(), "metrics": metrics, "log": log})

@@ -51,7 +51,7 @@ def transformers_logits(folder, tmp_path, compile_: bool = False):
 
 def bitconv_logits(folder):
     with torch.no_grad():
-        return bitconv.load(folder)(torch.tensor([IDS])).logits[0].numpy()
+        return bitconv.load(folder, dtype=torch.float32)(torch.tensor([IDS])).logits[0].numpy()
 
 
 @pytest.fixture(scope="module")

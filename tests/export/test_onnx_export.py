@@ -34,7 +34,7 @@ def _ids(n=7, batch=1, seed=0):
 
 
 def _reference(folder, ids):
-    model = bitconv.load(folder)  # packed modules: the reference the export must reproduce
+    model = bitconv.load(folder, dtype=torch.float32)  # packed modules: the reference the export must reproduce
     with torch.no_grad():
         return model(torch.from_numpy(ids)).logits.numpy()
 
@@ -275,7 +275,7 @@ def test_real_minilm(minilm_dir, tmp_path):
     batch = tok(["A ternary sentence encoder.", "Hello world"], padding=True, return_tensors="np")
     sess = bort.session(path, threads=1)
     got = sess.run(None, {k: batch[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})[0]
-    model = bitconv.load(folder)
+    model = bitconv.load(folder, dtype=torch.float32)
     with torch.no_grad():
         ref = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
     np.testing.assert_allclose(got, ref, atol=ATOL * 10, rtol=0)

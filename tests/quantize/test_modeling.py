@@ -20,7 +20,7 @@ def test_torch_unpacking_equals_numpy_reference(bits, gran, packing):
     arrays = encode(q)
     ref = decode_codes(q.spec, arrays[".qcodes"])
     assert np.array_equal(unpack_codes_torch(q.spec, torch.from_numpy(arrays[".qcodes"])).numpy(), ref)
-    layer = PackedLinear(q.spec, arrays)
+    layer = PackedLinear.from_arrays(q.spec, arrays)
     assert torch.equal(layer.weight_float(), dequantize(decode(q.spec, arrays)))
 
 
@@ -28,8 +28,8 @@ def test_torch_unpacking_equals_numpy_reference(bits, gran, packing):
 def test_load_matches_dequantized_reference(fixture, request, tmp_path):
     src = request.getfixturevalue(fixture)
     bitconv.convert(src, tmp_path / "q", QuantConfig.for_bits(keep_outliers="0.2%"), progress=False)
-    packed = bitconv.load(tmp_path / "q")
-    dense = bitconv.load(tmp_path / "q", dequantize=True)
+    packed = bitconv.load(tmp_path / "q", dtype=torch.float32)
+    dense = bitconv.load(tmp_path / "q", dequantize=True, dtype=torch.float32)
     assert any(isinstance(m, PackedLinear) for m in packed.modules())
     assert not any(isinstance(m, PackedLinear) for m in dense.modules())
     # the packed modules decode to exactly what the reference decoder gives for the file

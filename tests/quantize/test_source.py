@@ -1,34 +1,15 @@
 """Sources: the Hub path through huggingface_hub's cache (offline), GGUF errors, name resolution."""
 
-import shutil
-
 import pytest
 
 import bitconv
 from bitconv.errors import BitconvError
 from bitconv.quantize.source import open_source, resolve_name
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _fake_hub_cache(tmp_path, model_dir, repo_id="someone/tiny-gpt2"):
-    """Lays out a model in huggingface_hub's cache exactly as a download would leave it."""
-    cache = tmp_path / "hub-cache"
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / COMMIT
-    shutil.copytree(model_dir, snapshot)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    return cache
+from support.hub_cache import COMMIT, fake_hub_cache, use_hub_cache
 
 
 def test_hub_id_is_read_from_the_cache_offline(tiny_gpt2, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(_fake_hub_cache(tmp_path, tiny_gpt2)))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    use_hub_cache(monkeypatch, fake_hub_cache(tmp_path, tiny_gpt2, "someone/tiny-gpt2"))
     src = open_source("someone/tiny-gpt2")
     assert src.kind == "hub" and src.revision == COMMIT
     bitconv.convert("someone/tiny-gpt2", tmp_path / "out", progress=False)
