@@ -132,7 +132,7 @@ def test_distillation_trains_a_teacher_first_and_starts_from_it(bert_dir, sentim
                                 "quant_warmup_steps": 4})
     assert result.metrics["teacher"]["accuracy"] > 0.8
     assert (tmp_path / "out.ckpt" / "teacher" / "config.json").exists()
-    assert (tmp_path / "out.ckpt" / "teacher" / "vocab.txt").exists()  # a whole model folder, tokenizer included
+    assert (tmp_path / "out.ckpt" / "teacher" / "tokenizer_config.json").exists()  # a whole model folder
     # the student starts from the fine-tuned teacher, so even before QAT it is better than chance
     assert result.metrics["before"]["n_examples"] == 40
 
