@@ -115,6 +115,11 @@ class BitconvHfQuantizer(HfQuantizer):
         self.hidden_weights: list = []  # state-dict hooks of the weights that wait for that decoding
 
     def validate_environment(self, device_map=None, **kwargs) -> None:
+        missing = [hook for hook in ("update_attn_implementation", "update_weight_conversions")
+                   if not hasattr(HfQuantizer, hook)]
+        if missing:  # older transformers load quantized weights another way (tested: transformers 5.24)
+            raise ImportError(f"loading bitconv folders needs a newer transformers (its quantizers lack {missing[0]}); "
+                              "pip install -U transformers")
         _check_device_map(device_map)
 
     def update_attn_implementation(self, config):

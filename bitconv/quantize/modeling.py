@@ -98,12 +98,6 @@ def decode_stored(module: nn.Module, spec: TensorSpec, dtype: torch.dtype = torc
     return w.to(dtype)
 
 
-def _load_arrays(module: nn.Module, spec: TensorSpec, arrays: dict) -> None:
-    for suffix in STORED_SUFFIXES:
-        if suffix in arrays:
-            module.register_buffer(suffix[1:], torch.from_numpy(arrays[suffix].copy()))
-
-
 def register_weight_marker(module: nn.Module, dtype: torch.dtype, device: torch.device | str | None) -> None:
     """A float `weight` with no elements, not saved: code that asks a projection or an embedding for its weight's
     dtype or device (T5's feed-forward, transformers' weight initialisation) gets the model's, and `.to(dtype)` or
@@ -134,7 +128,8 @@ class PackedLinear(nn.Module):
         """A PackedLinear holding the stored arrays of one weight (numpy, as PackedReader.quantized_arrays gives)."""
         param = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
         module = cls(spec, param, activations, device="cpu")
-        _load_arrays(module, spec, arrays)
+        for suffix, array in arrays.items():
+            module.register_buffer(suffix[1:], torch.from_numpy(array.copy()))
         return module
 
     def weight_float(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -285,16 +280,17 @@ def dequantize_modules(model: nn.Module, dtype: torch.dtype | None = None) -> nn
     return model
 
 
-def _bitconv_model_config(source: str | os.PathLike, revision: str | None):
-    """The transformers config of a bitconv folder or Hub id (only config.json is downloaded)."""
+def _bitconv_model_config(source: str | os.PathLike, revision: str | None) -> tuple[str, object]:
+    """The folder (user's ~ expanded) or Hub id, and its transformers config (only config.json is downloaded)."""
     from huggingface_hub.errors import LocalEntryNotFoundError
     from transformers import AutoConfig
 
     from bitconv.hub.ids import is_repo_id
     from bitconv.quantize.source import hub_unreachable
 
-    text = str(source)
-    local = Path(text).expanduser().is_dir()
+    path = Path(str(source)).expanduser()
+    local = path.is_dir()
+    text = str(path) if local else str(source)
     if not local and not is_repo_id(text):
         raise SourceError(f"'{text}' does not exist (neither a folder nor a Hub id)")
     try:
@@ -307,7 +303,7 @@ def _bitconv_model_config(source: str | os.PathLike, revision: str | None):
     if method != QUANT_METHOD:
         raise FormatError(f"{text}: not a bitconv output folder (quantization_config.quant_method is {method!r}, "
                           f"not {QUANT_METHOD!r}); convert the model with `bitconv convert` first")
-    return config
+    return text, config
 
 
 def load(source: str | os.PathLike, *, dequantize: bool = False, dtype: torch.dtype | str | None = None,
@@ -322,10 +318,10 @@ def load(source: str | os.PathLike, *, dequantize: bool = False, dtype: torch.dt
     import bitconv.quantize.hf_quantizer  # noqa: F401 - registers bitconv's quantizer with transformers
     from bitconv.quantize.source import model_class_for
 
-    config = _bitconv_model_config(source, revision)
+    source, config = _bitconv_model_config(source, revision)
     cls = model_class or model_class_for(config)
     try:
-        model, info = cls.from_pretrained(str(source), config=config, revision=revision, dtype=dtype or "auto",
+        model, info = cls.from_pretrained(source, config=config, revision=revision, dtype=dtype or "auto",
                                           device_map=device_map, output_loading_info=True)
     except OSError as exc:  # transformers reports unreadable or missing files as OSError
         raise SourceError(f"{source}: transformers cannot read it ({str(exc).splitlines()[0]})") from None

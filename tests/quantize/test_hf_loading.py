@@ -15,21 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 import bitconv
 from bitconv.errors import FormatError, OptionError, SourceError
-from bitconv.quantize.config import QuantConfig
 from bitconv.quantize.modeling import PackedLinear, set_weight_cache
 from support.hub_cache import fake_hub_cache, use_hub_cache
 from support.paths import REPO
-from support.tiny_models import make_llama
 
 IDS = torch.tensor([[5, 17, 100, 250, 3, 77]])
-
-
-@pytest.fixture(scope="module")
-def llama_folder(tmp_path_factory):
-    """A converted tiny Llama with a tokenizer (pipelines need one)."""
-    base = tmp_path_factory.mktemp("llama")
-    source = make_llama(base / "source", layers=2, tokenizer="gpt2")
-    return bitconv.convert(source, base / "ternary", QuantConfig(), progress=False).out
 
 
 def _python(code: str, *args, bitconv_on_path: bool, cwd) -> subprocess.CompletedProcess:
