@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         keep_outliers: Annotated[str, typer.Option(help="Fraction of largest weights per tensor kept in fp16, e.g. 0.1%.")] = "0",
         super_weights: Annotated[int, typer.Option(help="Find this many super weights on the training text; keep them in fp16.")] = 0,
         distill: Annotated[Optional[bool], typer.Option("--distill/--no-distill", help="Distil from the full-precision teacher (KL on logits; default: lm yes, classify no).")] = None,
-        teacher: Annotated[Optional[str], typer.Option(help="classify: an fp fine-tuned teacher folder (default: fine-tune one first).")] = None,
+        teacher: Annotated[Optional[str], typer.Option(help="classify: the fp teacher, a fine-tuned classifier folder or a base model fine-tuned first (default: the source, fine-tuned first).")] = None,
         temperature: Annotated[Optional[float], typer.Option(help="Distillation temperature (default: lm 1, classify 2).")] = None,
         distill_weight: Annotated[Optional[float], typer.Option(help="Share of the KL term in the loss, the rest the task loss (default: lm 1, classify 0.5).")] = None,
         hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state matching loss (0: off).")] = 0.0,

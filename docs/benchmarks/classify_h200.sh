@@ -10,8 +10,9 @@
 #   .carry/mpnet0, .carry/mpnet1      optional: all-mpnet-base-v2 (pack --bits 8 ... --part-mib 48); without
 #                                     them only the runs that need no mpnet are made
 #   .carry/sst2-heldout/{train,dev,test}.tsv   sst2_heldout.py's split and sst2/test.tsv
-#   .carry/wheels/transformers-*.whl  installed into OUT/site when the machine's transformers is older than 5.24
-#                                     (bitconv.load, which recover uses for the converted folder, needs 5.24)
+#   .carry/wheels/transformers-*.whl  (or .whl/transformers-*.whl) installed into OUT/site when the machine's
+#                                     transformers is older than 5.24 (bitconv.load, which recover uses for the
+#                                     converted folder, needs 5.24)
 # Writes OUT/runner.log, OUT/results.json (after every run; "summary" holds the choice and the test numbers),
 # OUT/w/results/NAME.json (each run's, as soon as it ends), OUT/w/NAME.log, and OUT/DONE at the end.
 # The second argument is the wall-clock budget in seconds from the start of this script (default 900): no run
@@ -33,8 +34,9 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.used,mem
 
 new_enough() { "$PY" -c 'import sys, transformers as t; sys.exit(tuple(map(int, t.__version__.split(".")[:2])) < (5, 24))'; }
 if ! new_enough; then
-    for wheel in .carry/wheels/transformers-*.whl; do
-        [ -e "$wheel" ] && "$PY" -m pip install --quiet --no-deps --no-index --target "$OUT/site" "$wheel"
+    for wheel in .carry/wheels/transformers-*.whl .whl/transformers-*.whl; do
+        [ -e "$wheel" ] && "$PY" -m pip install --quiet --no-deps --no-index --upgrade --target "$OUT/site" "$wheel" \
+            && break
     done
     export PYTHONPATH=$OUT/site:$PYTHONPATH
     new_enough || { echo "transformers >= 5.24 is needed: carry .carry/wheels/transformers-5.24.0-py3-none-any.whl"; exit 1; }
