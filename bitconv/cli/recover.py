@@ -35,9 +35,9 @@ def register(app: typer.Typer) -> None:
     def recover_command(
         source: Annotated[str, typer.Argument(help="Model folder, .gguf file or Hub id (full precision).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output bitconv folder.")],
-        task: Annotated[str, typer.Option(help="classify (adds a classifier head where needed) or lm.")] = "classify",
-        train: Annotated[Optional[list[str]], typer.Option(help="Training data: TSV/CSV of text and label (classify); sources (lm, repeatable; default teacher:20M).")] = None,
-        eval: Annotated[Optional[list[str]], typer.Option(help="Held-out data, each reported separately; lm default: the held-out tail of the first --train.")] = None,
+        task: Annotated[str, typer.Option(help="classify (adds a classifier head where needed), image-classify (...ForImageClassification, e.g. ViT) or lm.")] = "classify",
+        train: Annotated[Optional[list[str]], typer.Option(help="Training data: TSV/CSV of text and label (classify); an image folder with one sub-folder per class or a saved `datasets` split (image-classify); sources (lm, repeatable; default teacher:20M).")] = None,
+        eval: Annotated[Optional[list[str]], typer.Option(help="Held-out data (same format), each reported separately; lm default: the held-out tail of the first --train.")] = None,
         bits: Annotated[str, typer.Option(help="Target width: 1.58 (ternary), 1, 2, 4 or 8.")] = "1.58",
         granularity: Annotated[Optional[str], typer.Option(help="tensor | channel | group:N (default by scheme, as convert).")] = None,
         scale: Annotated[str, typer.Option(help="Scale estimator: absmean, absmax, median, mse.")] = "absmean",
@@ -45,10 +45,13 @@ def register(app: typer.Typer) -> None:
         keep_outliers: Annotated[str, typer.Option(help="Fraction of largest weights per tensor kept in fp16, e.g. 0.1%.")] = "0",
         super_weights: Annotated[int, typer.Option(help="Find this many super weights on the training text; keep them in fp16.")] = 0,
         distill: Annotated[Optional[bool], typer.Option("--distill/--no-distill", help="Distil from the full-precision teacher (KL on logits; default: lm yes, classify no).")] = None,
-        teacher: Annotated[Optional[str], typer.Option(help="classify: an fp fine-tuned teacher folder (default: fine-tune one first).")] = None,
+        teacher: Annotated[Optional[str], typer.Option(help="classify: the fp teacher, a fine-tuned classifier folder or a base model fine-tuned first (default: the source, fine-tuned first).")] = None,
         temperature: Annotated[Optional[float], typer.Option(help="Distillation temperature (default: lm 1, classify 2).")] = None,
         distill_weight: Annotated[Optional[float], typer.Option(help="Share of the KL term in the loss, the rest the task loss (default: lm 1, classify 0.5).")] = None,
         hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state matching loss (0: off).")] = 0.0,
+        attention_weight: Annotated[float, typer.Option(help="Classification: weight of the attention-map KL to the same-architecture teacher (0: off).")] = 0.0,
+        logits_teacher: Annotated[Optional[str], typer.Option(help="Classification: a (larger) teacher for the logits and the augmented texts; a base model is fine-tuned first.")] = None,
+        augment: Annotated[int, typer.Option(help="classify + distill: teacher-labelled edited variants per training text (0: off).")] = 0,
         quant_warmup_steps: Annotated[int, typer.Option(help="Blend fp -> quantized over N steps: w = (1-l) w + l q(w).")] = 0,
         progressive: Annotated[str, typer.Option(help="Widths trained before the target, e.g. 8,4,2.")] = "",
         phase_steps: Annotated[int, typer.Option(help="Steps at each --progressive width.")] = 0,
@@ -69,7 +72,7 @@ def register(app: typer.Typer) -> None:
         label_column: Annotated[Optional[str], typer.Option(help="Label column name or index (default: found).")] = None,
         precision: Annotated[Optional[str], typer.Option(help="fp32, or bf16 autocast on CUDA (default: lm bf16, classify fp32).")] = None,
         seed: Annotated[int, typer.Option(help="Random seed (CPU runs are deterministic).")] = 0,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
         checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints (default: OUT.ckpt).")] = None,
         save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
         log_every: Annotated[int, typer.Option(help="Read the loss every N steps (progress, log, divergence check).")] = 10,
@@ -90,6 +93,7 @@ def register(app: typer.Typer) -> None:
         cfg = RecoverConfig(
             task=task, quant=quant, super_weights=super_weights, distill=distill, teacher=teacher,
             temperature=temperature, distill_weight=distill_weight, hidden_weight=hidden_weight,
+            attention_weight=attention_weight, logits_teacher=logits_teacher, augment=augment,
             quant_warmup_steps=quant_warmup_steps, progressive=tuple(p for p in progressive.split(",") if p.strip()),
             phase_steps=phase_steps, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, lr_warmup=lr_warmup,
             weight_decay=weight_decay, init=init, teacher_epochs=teacher_epochs, teacher_lr=teacher_lr,
@@ -102,7 +106,7 @@ def register(app: typer.Typer) -> None:
         if not result.metrics:
             return  # a data-parallel worker other than rank 0
         m = result.metrics
-        for key in ("original", "teacher", "before", "after", "converted"):
+        for key in ("original", "teacher", "logits_teacher", "before", "after", "converted"):
             if key in m:
                 sets = m[key].get("sets") or {"": m[key]}
                 for name, scored in sets.items():

@@ -63,7 +63,10 @@ class Report:
 
 def _label(bits, scheme, result: dict) -> str:
     if bits is not None:
-        return f"{bits:g}-bit {scheme}" if scheme else f"{bits:g}-bit"
+        width = f"{bits:g}-bit {scheme}" if scheme else f"{bits:g}-bit"
+        # a `compare` run is named by its width; any other (`eval --json --name`, e.g. a recovered model) by
+        # its name too, so two models of one width stay apart
+        return width if result.get("run") else f"{result['name']} ({width})"
     origin = (result.get("model") or {}).get("origin")
     return result["name"] if origin in (None, "bitconv") else f"{result['name']} ({origin})"
 

@@ -14,7 +14,8 @@ from bitconv.format.vocab import BITS_TO_SCHEME
 from bitconv.quantize.config import QuantConfig, check_config_version, parse_bits
 
 CONFIG_VERSION = 1
-TASKS = ("classify", "lm")
+TASKS = ("classify", "image-classify", "lm")
+CLASSIFY_TASKS = ("classify", "image-classify")
 PRECISIONS = ("fp32", "bf16")
 # widths the trainer can train towards, and the intermediate steps of a progressive schedule
 TRAINABLE_BITS = (1.58, 1.0, 2.0, 4.0, 8.0)
@@ -22,6 +23,8 @@ TRAINABLE_BITS = (1.58, 1.0, 2.0, 4.0, 8.0)
 TASK_DEFAULTS = {
     "classify": {"distill": False, "distill_weight": 0.5, "temperature": 2.0, "batch_size": 32, "lr": 1e-4,
                  "precision": "fp32"},
+    "image-classify": {"distill": False, "distill_weight": 0.5, "temperature": 2.0, "batch_size": 32, "lr": 1e-4,
+                       "precision": "fp32"},
     "lm": {"distill": True, "distill_weight": 1.0, "temperature": 1.0, "batch_size": 64, "lr": 1e-3,
            "precision": "bf16"},
 }
@@ -40,6 +43,9 @@ class RecoverConfig:
     temperature: float | None = None
     distill_weight: float | None = None  # share of the KL term; the rest is the task loss
     hidden_weight: float = 0.0  # weight of the hidden-state matching loss
+    attention_weight: float = 0.0  # weight of the attention-map KL (classification; same-architecture teacher)
+    logits_teacher: str | None = None  # classification: another (larger) teacher for the logits and the augmented texts
+    augment: int = 0  # classify + distill: teacher-labelled edited variants per training text
     # quantization schedule
     quant_warmup_steps: int = 0  # blend w = (1 - lam) w + lam q(w), lam 0 -> 1 over these steps
     progressive: tuple[float, ...] = ()  # bits trained before the target, e.g. (8, 4, 2)
@@ -65,7 +71,7 @@ class RecoverConfig:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise OptionError(f"unknown --task {self.task!r}: use classify or lm")
+            raise OptionError(f"unknown --task {self.task!r}: use {', '.join(TASKS)}")
         for name, value in TASK_DEFAULTS[self.task].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
@@ -87,6 +93,14 @@ class RecoverConfig:
             raise OptionError(f"unknown --init {self.init!r}: use teacher or source")
         if not 0 <= self.distill_weight <= 1:
             raise OptionError(f"--distill-weight {self.distill_weight}: must be between 0 and 1")
+        if self.hidden_weight < 0 or self.attention_weight < 0 or self.augment < 0:
+            raise OptionError("--hidden-weight, --attention-weight and --augment must be 0 (off) or more")
+        if (self.augment or self.logits_teacher or self.attention_weight) and not self.distill:
+            raise OptionError("--augment, --logits-teacher and --attention-weight distil from a teacher: add --distill")
+        if (self.augment or self.logits_teacher or self.attention_weight) and self.task not in CLASSIFY_TASKS:
+            raise OptionError("--augment, --logits-teacher and --attention-weight apply to classification tasks")
+        if self.augment and self.task != "classify":
+            raise OptionError("--augment edits texts: it applies to --task classify")
         if self.temperature <= 0:
             raise OptionError(f"--temperature {self.temperature}: must be positive")
         if self.batch_size < 1 or (self.steps is not None and self.steps < 1) or self.epochs <= 0:

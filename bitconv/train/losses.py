@@ -1,5 +1,5 @@
-"""What training minimises and how its knobs move over the steps: distillation KL, hidden-state matching, the
-quantization schedule (progressive widths, warm-up blend) and the learning-rate schedule."""
+"""What training minimises and how its knobs move over the steps: distillation KL, hidden-state and attention-map
+matching, the quantization schedule (progressive widths, warm-up blend) and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -33,6 +33,25 @@ def hidden_state_loss(student_hidden, teacher_hidden, mask: torch.Tensor | None)
         else:
             err, norm = ((s - t) ** 2).mean(), (t**2).mean()
         losses.append(err / norm.clamp(min=1e-6))
+    return torch.stack(losses).mean()
+
+
+def attention_loss(student_attentions, teacher_attentions, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over layers of KL(teacher || student) between attention distributions (MiniLM, Wang et al. 2020;
+    TernaryBERT matches the same maps): per head and query position, over the keys, padding queries left out.
+
+    Attention maps are [batch, heads, queries, keys] probabilities; teacher and student need the same heads.
+    """
+    losses = []
+    for s, t in zip(student_attentions, teacher_attentions):
+        s_log = s.float().clamp(min=1e-12).log()
+        t = t.float()
+        kl = (t * (t.clamp(min=1e-12).log() - s_log)).sum(-1)  # [batch, heads, queries]
+        if mask is not None:
+            m = mask[:, None, :].to(kl.dtype)
+            losses.append((kl * m).sum() / (m.sum() * kl.shape[1]))
+        else:
+            losses.append(kl.mean())
     return torch.stack(losses).mean()
 
 

@@ -110,15 +110,6 @@ def _refuse_packed(source: str) -> None:
                               f"it was converted from ({origin}): pass that instead")
 
 
-def tokenizer_for(source: str):
-    from bitconv.quantize.source import load_tokenizer
-
-    tok = load_tokenizer(source)
-    if tok.pad_token is None:  # batches of texts are padded; GPT-2 style tokenizers have no pad token
-        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
-    return tok
-
-
 def _recover(run: Run) -> RecoverResult:
     cfg, rt, source = run.cfg, run.rt, run.source
     local = [Path(p).expanduser() for p in [source, *run.train, *run.eval]]
@@ -131,12 +122,13 @@ def _recover(run: Run) -> RecoverResult:
         (ckpt_dir / checkpoints.LEGACY_PICKLE).unlink(missing_ok=True)  # bitconv's own, never loaded
     _refuse_packed(source)
     seed_everything(cfg.seed)
-    tok = tokenizer_for(source)
+    task_type = TASK_TYPES[cfg.task]
+    tok = task_type.processor_for(source)  # a tokenizer, or an image model's image processor
     cache = TokenCache(run.cache_dir) if cfg.task == "lm" else None
     ctx = Context(source, rt, cache, run.loop.progress and rt.main, run.say)
     if not rt.main:
         rt.barrier()  # rank 0 tokenizes and generates first; the others then read its cache
-    task = TASK_TYPES[cfg.task].prepare(cfg, tok, run.train, run.eval, ctx)
+    task = task_type.prepare(cfg, tok, run.train, run.eval, ctx)
     if rt.main:
         rt.barrier()
     fp = checkpoints.fingerprint(cfg.to_dict(), source, task.data, rt.world)
@@ -146,8 +138,10 @@ def _recover(run: Run) -> RecoverResult:
     metrics: dict = {"task": cfg.task, "source": source, **task.described}
     evaluate = task.evaluate
 
-    def fine_tune(model: nn.Module, steps: int, lr: float, label: str) -> None:
-        st = train_model(model, task, cfg=cfg, rt=rt, total_steps=steps, lr=lr, loop=run.loop, label=label, log=log)
+    def fine_tune(model: nn.Module, steps: int, lr: float, label: str, on=None) -> None:
+        """Full-precision training of a teacher on `on` (the task, or its view through the teacher's tokenizer)."""
+        st = train_model(model, on or task, cfg=cfg, rt=rt, total_steps=steps, lr=lr, loop=run.loop, label=label,
+                         log=log)
         timings[label] = {"seconds": round(st.seconds, 1), task.unit + "_per_s": round(st.rate, 1)}
 
     model = task.load_model(source).to(rt.device)
@@ -156,6 +150,7 @@ def _recover(run: Run) -> RecoverResult:
         teacher = task.teacher(ckpt_dir, fp, fine_tune)
         teacher.eval().requires_grad_(False)
         metrics["teacher"] = evaluate(teacher)
+        metrics.update(task.extra_metrics)
         task.start_student(model, teacher)
         if not cfg.distill:
             teacher = None  # a teacher given only to start from

@@ -3,7 +3,10 @@ and its evaluation (through bitconv.evaluate.metrics, the code `bitconv eval` ru
 `bitconv eval` give the same number for the same model and data).
 
     ClassifyTask   labelled texts; a sequence-classification head (added where the source has none);
-                   cross-entropy on the label; the teacher is a copy fine-tuned on the task
+                   cross-entropy on the label; the teacher is a copy fine-tuned on the task, its logits (or a
+                   second, larger teacher's) precomputed once as soft targets
+    ImageClassifyTask  the same over labelled images (an image folder or a saved `datasets` split), for
+                   ...ForImageClassification models such as ViT
     LMTask         text from any sources (bitconv.data), packed into blocks; the causal LM head; next-token
                    cross-entropy and KL to the teacher, computed chunk by chunk from the final hidden states;
                    the teacher is the original model, which can also write the training text (teacher:N)
@@ -16,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitconv.data.files import Examples, TextSlice, read_examples, text_slice
+from bitconv.data.files import TextSlice, read_examples, text_slice
 from bitconv.data.sources import Documents, SourceSpec, documents, joined_text, parse_source
 from bitconv.data.tokens import TokenBlocks, TokenCache, mix, token_stream
 from bitconv.errors import DataError, OptionError
@@ -33,7 +36,7 @@ from bitconv.evaluate import metrics
 from bitconv.evaluate.backends import module_backend
 from bitconv.train.config import RecoverConfig
 from bitconv.train.data import class_ids, label_names, read_labelled
-from bitconv.train.losses import distillation_kl, hidden_state_loss, lm_head_loss, logits_loss
+from bitconv.train.losses import attention_loss, distillation_kl, hidden_state_loss, lm_head_loss, logits_loss
 from bitconv.train.runtime import Runtime, autocast
 
 EVAL_BATCH = {"classify": 128, "lm": 8}
@@ -83,108 +86,228 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-def _single_source(paths: list, what: str) -> Path | None:
+def _single_source(paths: list, what: str, task: str) -> Path | None:
     if len(paths) > 1:
-        raise OptionError(f"--task classify takes one {what} file, not {len(paths)}")
+        raise OptionError(f"--task {task} takes one {what}, not {len(paths)}")
     return Path(paths[0]) if paths else None
+
+
+def tokenizer_for(source: str):
+    from bitconv.quantize.source import load_tokenizer
+
+    tok = load_tokenizer(source)
+    if tok.pad_token is None:  # batches of texts are padded; GPT-2 style tokenizers have no pad token
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
 
 
 # ---------------------------------------------------------------------------------------------------------
 # classification
 
 
+def _label_names_of(source: str) -> list[str] | None:
+    """The label names of a fine-tuned classifier (config.json id2label, by class id); None for a base model."""
+    from bitconv.quantize.source import open_source
+
+    config = open_source(source).config
+    if not any(a.endswith(("ForSequenceClassification", "ForImageClassification"))
+               for a in getattr(config, "architectures", None) or []):
+        return None
+    id2label = getattr(config, "id2label", None) or {}
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
+
+
 class ClassifyLoss(nn.Module):
-    """Cross-entropy on the label, mixed with the KL to the teacher's logits (and hidden states) when distilling."""
+    """Cross-entropy on the label; when distilling, mixed with the KL to the teacher's precomputed logits
+    (`soft_logits`, in the batch), plus hidden-state and attention-map matching to the teacher when asked."""
 
     def __init__(self, model: nn.Module, teacher: nn.Module | None, cfg: RecoverConfig):
         super().__init__()
         self.model, self.cfg = model, cfg
         self.__dict__["teacher"] = teacher  # not a submodule: never trained, wrapped or sharded
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, labels: torch.Tensor, soft_logits: torch.Tensor | None = None, **inputs) -> torch.Tensor:
         cfg, teacher = self.cfg, self.teacher
         hidden = teacher is not None and cfg.hidden_weight > 0
-        with autocast(cfg.precision, input_ids.device):
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+        attentions = teacher is not None and cfg.attention_weight > 0
+        mask = inputs.get("attention_mask")  # texts; images have none
+        with autocast(cfg.precision, labels.device):
+            out = self.model(**inputs, output_hidden_states=hidden, output_attentions=attentions)
             loss = F.cross_entropy(out.logits.float(), labels)
-            if teacher is None:
+            if soft_logits is None:
                 return loss
-            with torch.no_grad():
-                t_out = teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
-            kd = distillation_kl(out.logits, t_out.logits, cfg.temperature)
+            kd = distillation_kl(out.logits, soft_logits, cfg.temperature)
             loss = cfg.distill_weight * kd + (1 - cfg.distill_weight) * loss
-            if hidden:
-                loss = loss + cfg.hidden_weight * hidden_state_loss(out.hidden_states, t_out.hidden_states,
-                                                                     attention_mask)
+            if hidden or attentions:
+                with torch.no_grad():
+                    t_out = teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions)
+                if hidden:
+                    loss = loss + cfg.hidden_weight * hidden_state_loss(out.hidden_states, t_out.hidden_states, mask)
+                if attentions:
+                    loss = loss + cfg.attention_weight * attention_loss(out.attentions, t_out.attentions, mask)
         return loss
 
 
 class ClassifyTask:
+    """Labelled texts. With --distill the targets are precomputed once: the logits of the teacher (or of
+    --logits-teacher) for every training text and for the --augment variants, which take the teacher's class
+    as their label."""
+
     name = "classify"
     unit = "samples"
+    model_class = "AutoModelForSequenceClassification"
+    train_hint = "--train FILE (text<TAB>label rows)"
 
-    def __init__(self, cfg: RecoverConfig, tokenizer, train: Examples, eval_examples: Examples, ctx: Context):
-        self.cfg, self.tokenizer, self.ctx = cfg, tokenizer, ctx
+    def __init__(self, cfg: RecoverConfig, processor, train, eval_examples, ctx: Context):
+        self.cfg, self.processor, self.ctx = cfg, processor, ctx
         self.labels = label_names(train)
-        self.train_ids = tokenizer(train.texts, truncation=True, max_length=cfg.max_length)["input_ids"]
+        self.train = train
         self.train_y = torch.tensor(class_ids(train, self.labels))
+        self.encode_train()
+        self.soft_logits: torch.Tensor | None = None  # [n_items, labels], set by `teacher` when distilling
         self.eval_examples = eval_examples
         self.data = {"train": train.file_sha256, "eval": eval_examples.file_sha256}
         self.described = {"train": train.path, "eval": eval_examples.path}
+        self.extra_metrics: dict = {}  # measured while preparing (the --logits-teacher's accuracy)
+
+    # -- what differs between texts and images
+
+    @staticmethod
+    def processor_for(source: str):
+        return tokenizer_for(source)
 
     @classmethod
-    def prepare(cls, cfg: RecoverConfig, tokenizer, train: list, eval_sources: list, ctx: Context) -> "ClassifyTask":
-        train_path, eval_path = _single_source(train, "--train"), _single_source(eval_sources, "--eval")
-        if train_path is None:
-            raise DataError("--task classify needs --train FILE (text<TAB>label rows)")
-        data = read_labelled(train_path, cfg.text_column, cfg.label_column)
-        if eval_path is None:
-            raise DataError("--task classify needs --eval FILE (held-out text<TAB>label rows) to measure accuracy")
-        # scored as `bitconv eval` scores it (texts as written); checked against the training labels now
-        held_out = read_examples(eval_path, cfg.text_column, cfg.label_column)
-        class_ids(read_labelled(eval_path, cfg.text_column, cfg.label_column), label_names(data))
-        return cls(cfg, tokenizer, data, held_out, ctx)
+    def read(cls, cfg: RecoverConfig, path: Path, training: bool):
+        """Training texts stripped of surrounding white space; held-out texts as `bitconv eval` scores them."""
+        if training:
+            return read_labelled(path, cfg.text_column, cfg.label_column)
+        return read_examples(path, cfg.text_column, cfg.label_column)
+
+    def encode_train(self, extra: list[str] = ()) -> None:
+        """Tokenize the training texts (and `extra` texts after them, the --augment variants)."""
+        self.train_texts = list(self.train.texts) + list(extra)
+        self.train_ids = self.processor(self.train_texts, truncation=True, max_length=self.cfg.max_length)["input_ids"]
 
     @property
     def n_items(self) -> int:
         return len(self.train_ids)
 
+    def item_length(self, i: int) -> int:
+        return len(self.train_ids[i])
+
+    def inputs(self, idx: list[int]) -> dict:
+        """Model inputs of training items `idx`, on the CPU."""
+        ids, mask = _pad([self.train_ids[i] for i in idx], self.processor.pad_token_id)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def _backend(self, model: nn.Module):
+        return module_backend(model, self.processor, self.ctx.source)
+
+    def _score(self, backend) -> dict:
+        return metrics.classify(backend, self.eval_examples, batch_size=EVAL_BATCH["classify"], progress=False)
+
+    # -- shared by texts and images
+
+    @classmethod
+    def prepare(cls, cfg: RecoverConfig, processor, train: list, eval_sources: list, ctx: Context) -> "ClassifyTask":
+        train_path = _single_source(train, "--train", cfg.task)
+        eval_path = _single_source(eval_sources, "--eval", cfg.task)
+        if train_path is None:
+            raise DataError(f"--task {cfg.task} needs {cls.train_hint}")
+        data = cls.read(cfg, train_path, training=True)
+        if eval_path is None:
+            raise DataError(f"--task {cfg.task} needs --eval (held-out labelled data, as --train) to measure accuracy")
+        held_out = cls.read(cfg, eval_path, training=False)
+        class_ids(held_out, label_names(data))  # a held-out label the training data never saw fails now
+        return cls(cfg, processor, data, held_out, ctx)
+
     def load_model(self, source: str) -> nn.Module:
-        from transformers import AutoModelForSequenceClassification
+        import transformers
 
         from bitconv.quantize.source import load_original
 
+        kwargs = {"attn_implementation": "eager"} if self.cfg.attention_weight > 0 else {}  # sdpa gives no maps
         with _quiet_transformers():
-            model = load_original(source, model_class=AutoModelForSequenceClassification, num_labels=len(self.labels),
-                                  id2label=dict(enumerate(self.labels)),
-                                  label2id={name: i for i, name in enumerate(self.labels)})
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = self.tokenizer.pad_token_id or 0
+            model = load_original(source, model_class=getattr(transformers, self.model_class),
+                                  num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
+                                  label2id={name: i for i, name in enumerate(self.labels)}, **kwargs)
+        if getattr(self.processor, "pad_token_id", None) is not None and model.config.pad_token_id is None:
+            model.config.pad_token_id = self.processor.pad_token_id
         return model
 
-    def teacher(self, ckpt_dir: Path, fingerprint: dict, fine_tune: Callable[[nn.Module, int, float, str], None]
-                ) -> nn.Module:
-        """A given fp fine-tuned folder, the one fine-tuned by an earlier run with the same fingerprint, or a copy
-        of the source fine-tuned here now (and kept in CKPT/teacher for the next run)."""
+    def _fine_tuned(self, source: str, folder: Path, fingerprint: dict, fine_tune: Callable[..., None]) -> nn.Module:
+        """`source` as a classifier of this task's labels: a fine-tuned one as it is (its labels checked), a base
+        model fine-tuned here (kept in `folder`, with its tokenizer or image processor, for the next run with the
+        same fingerprint)."""
         import json
 
         from bitconv.format.atomic import write_json_atomic
 
         rt = self.ctx.rt
-        if self.cfg.teacher:
-            return self.load_model(self.cfg.teacher).to(rt.device)
-        folder = ckpt_dir / "teacher"
+        names = _label_names_of(source)
+        if names is not None:
+            if names != self.labels:
+                raise DataError(f"{source}: a classifier of labels {names}, but the training data has labels "
+                                f"{self.labels}; pass a teacher fine-tuned on these labels, or its base model")
+            return self.load_model(source).to(rt.device)
         marker = folder / "teacher.json"
         if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
             return self.load_model(str(folder)).to(rt.device)
-        teacher = self.load_model(self.ctx.source).to(rt.device)
+        teacher = self.load_model(source).to(rt.device)
         steps = steps_for(self.cfg, self.n_items, rt.world, epochs=self.cfg.teacher_epochs)
-        fine_tune(teacher, steps, self.cfg.teacher_lr, "teacher (fp)")
-        if rt.main:
+        fine_tune(teacher, steps, self.cfg.teacher_lr, f"teacher {Path(source).name} (fp)", self)
+        if rt.main:  # a model folder that `bitconv eval` and --teacher read
             teacher.save_pretrained(folder, safe_serialization=True)
+            self.processor.save_pretrained(folder)
             write_json_atomic(marker, {"fingerprint": fingerprint, "steps": steps})
         rt.barrier()
         return teacher
+
+    def teacher(self, ckpt_dir: Path, fingerprint: dict, fine_tune: Callable[..., None]) -> nn.Module:
+        """The fp teacher: --teacher (a fine-tuned classifier, or a base model fine-tuned here), else a copy of the
+        source fine-tuned here (kept in CKPT/teacher). With --distill, also the precomputed targets."""
+        teacher = self._fine_tuned(self.cfg.teacher or self.ctx.source, ckpt_dir / "teacher", fingerprint, fine_tune)
+        if self.cfg.distill:
+            teacher.eval()
+            self._targets(teacher, ckpt_dir, fingerprint, fine_tune)
+        return teacher
+
+    def _targets(self, teacher: nn.Module, ckpt_dir: Path, fingerprint: dict, fine_tune: Callable[..., None]) -> None:
+        """The soft targets: the logits teacher's (or the teacher's) logits of every training item, the --augment
+        variants appended and labelled by them."""
+        from bitconv.data.augment import augment_texts
+
+        scorer, view = teacher, self
+        if self.cfg.logits_teacher:  # the same data through the logits teacher's own tokenizer
+            source = self.cfg.logits_teacher
+            view = type(self)(self.cfg, self.processor_for(source), self.train, self.eval_examples,
+                              replace(self.ctx, source=source))
+            scorer = view._fine_tuned(source, ckpt_dir / "logits-teacher", fingerprint, fine_tune)
+            scorer.eval()
+            self.extra_metrics["logits_teacher"] = view.evaluate(scorer)
+        if self.cfg.augment:
+            extra = augment_texts(list(self.train.texts), self.cfg.augment, self.cfg.seed)
+            self.encode_train(extra)
+            if view is not self:
+                view.encode_train(extra)
+        logits = view.logits_of(scorer)
+        n_data = len(self.train.labels)
+        self.train_y = torch.cat([self.train_y[:n_data], logits[n_data:].argmax(-1)])
+        self.soft_logits = logits
+
+    @torch.no_grad()
+    def logits_of(self, model: nn.Module, batch_size: int = 256) -> torch.Tensor:
+        """`model`'s logits for every training item, in order (batched by length to pad little), on the CPU."""
+        device = self.ctx.rt.device
+        model.eval()
+        order = sorted(range(self.n_items), key=self.item_length)
+        out = torch.empty(len(order), len(self.labels))
+        for lo in range(0, len(order), batch_size):
+            chunk = order[lo:lo + batch_size]
+            inputs = {k: v.to(device) for k, v in self.inputs(chunk).items()}
+            with autocast(self.cfg.precision, device):
+                out[chunk] = model(**inputs).logits.float().cpu()
+        return out
 
     def start_student(self, student: nn.Module, teacher: nn.Module) -> None:
         if self.cfg.init == "teacher":
@@ -195,26 +318,69 @@ class ClassifyTask:
         return ClassifyLoss(model, teacher, self.cfg)
 
     def batch(self, idx: torch.Tensor, device: torch.device) -> dict:
-        ids, mask = _pad([self.train_ids[i] for i in idx.tolist()], self.tokenizer.pad_token_id)
-        return {"input_ids": to_device(ids, device), "attention_mask": to_device(mask, device),
-                "labels": to_device(self.train_y[idx], device)}
+        """Inputs and labels of training items `idx`, and their soft targets when distilling."""
+        batch = {k: to_device(v, device) for k, v in self.inputs(idx.tolist()).items()}
+        batch["labels"] = to_device(self.train_y[idx], device)
+        if self.soft_logits is not None:
+            batch["soft_logits"] = to_device(self.soft_logits[idx], device)
+        return batch
 
     def batch_items(self, batch: dict) -> int:
-        return batch["input_ids"].shape[0]
+        return batch["labels"].shape[0]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict:
         model.eval()
-        backend = module_backend(model, self.tokenizer, self.ctx.source)
-        return metrics.classify(backend, self.eval_examples, batch_size=EVAL_BATCH["classify"], progress=False)
+        return self._score(self._backend(model))
 
     def calibration_batches(self, device: torch.device, n_batches: int = 8, batch_size: int = 16) -> list[dict]:
         """The first training examples, in file order (deterministic), as model inputs."""
-        batches = []
-        for lo in range(0, min(self.n_items, n_batches * batch_size), batch_size):
-            ids, mask = _pad(self.train_ids[lo : lo + batch_size], self.tokenizer.pad_token_id)
-            batches.append({"input_ids": ids.to(device), "attention_mask": mask.to(device)})
-        return batches
+        return [{k: v.to(device) for k, v in self.inputs(list(range(lo, min(lo + batch_size, self.n_items)))).items()}
+                for lo in range(0, min(self.n_items, n_batches * batch_size), batch_size)]
+
+
+class ImageClassifyTask(ClassifyTask):
+    """Labelled images (bitconv.data.images): an image folder or a saved `datasets` split; the source's image
+    processor turns them into pixel values once, before training."""
+
+    name = "image-classify"
+    model_class = "AutoModelForImageClassification"
+    train_hint = "--train FOLDER (one sub-folder of images per class) or a saved `datasets` split"
+
+    @staticmethod
+    def processor_for(source: str):
+        from bitconv.quantize.source import load_image_processor
+
+        return load_image_processor(source)
+
+    @classmethod
+    def read(cls, cfg: RecoverConfig, path: Path, training: bool):
+        from bitconv.data.images import read_images
+
+        return read_images(path)
+
+    def encode_train(self, extra: list[str] = ()) -> None:
+        """Pixel values of every training image (--augment edits texts only: the config refuses it here)."""
+        images = self.train
+        chunks = [self.processor(images=[images.image(i) for i in range(lo, min(lo + 256, len(images)))],
+                                 return_tensors="pt")["pixel_values"] for lo in range(0, len(images), 256)]
+        self.pixels = torch.cat(chunks)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.pixels)
+
+    def item_length(self, i: int) -> int:
+        return 0  # every image has the processor's size
+
+    def inputs(self, idx: list[int]) -> dict:
+        return {"pixel_values": self.pixels[idx]}
+
+    def _backend(self, model: nn.Module):
+        return module_backend(model, None, self.ctx.source, image_processor=self.processor)
+
+    def _score(self, backend) -> dict:
+        return metrics.classify_images(backend, self.eval_examples, batch_size=EVAL_BATCH["classify"], progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -306,6 +472,7 @@ def _plain_text_file(spec: SourceSpec) -> Path | None:
 class LMTask:
     name = "lm"
     unit = "tokens"
+    processor_for = staticmethod(tokenizer_for)
 
     def __init__(self, cfg: RecoverConfig, tokenizer, ctx: Context):
         self.cfg, self.tokenizer, self.ctx = cfg, tokenizer, ctx
@@ -314,6 +481,7 @@ class LMTask:
         self.eval_sets: list[EvalSet] = []
         self.data: dict = {}
         self.described: dict = {}
+        self.extra_metrics: dict = {}
 
     # -- the original model: teacher, and writer of teacher:N data
 
@@ -462,7 +630,7 @@ class LMTask:
                 for lo in range(0, min(self.n_items, n_batches * batch_size), batch_size)]
 
 
-TASK_TYPES = {"classify": ClassifyTask, "lm": LMTask}
+TASK_TYPES = {"classify": ClassifyTask, "image-classify": ImageClassifyTask, "lm": LMTask}
 
 
 def steps_for(cfg: RecoverConfig, n_items: int, world: int, epochs: float | None = None) -> int:

@@ -21,8 +21,7 @@ import torch
 from bitconv.train import qat
 from bitconv.train import super_weights as sw
 from bitconv.train.config import RecoverConfig
-from bitconv.train.pipeline import tokenizer_for
-from bitconv.train.tasks import LMTask
+from bitconv.train.tasks import LMTask, tokenizer_for
 
 
 def main() -> None:

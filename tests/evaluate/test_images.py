@@ -1,5 +1,5 @@
-"""Image classification: the image reader (bitconv.data.images), `eval`/`compare`/`report --task image-classify`,
-`--device`, and their bad input (one line each)."""
+"""Image classification: the image reader (bitconv.data.images), `eval`/`compare`/`report --task image-classify`
+and `recover --task image-classify` on a tiny ViT, `--device`, and their bad input (one line each)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+import bitconv
 from bitconv.data.images import read_images
-from bitconv.errors import DataError
+from bitconv.errors import BitconvError, DataError, OptionError
 
 N_CLASSES = 3
 
@@ -130,6 +131,30 @@ def test_eval_compare_report_image_classify(vit, digits, tmp_path):
     assert "images, one class per sub-folder" in report and "latency ms/image" in report
 
 
+def test_recover_image_classify_trains_a_ternary_vit(vit, digits, tmp_path):
+    from bitconv.quantize.config import QuantConfig
+    from bitconv.train.config import RecoverConfig
+    from bitconv.train.pipeline import recover
+
+    cfg = RecoverConfig(task="image-classify", quant=QuantConfig.for_bits(1.58), distill=True, attention_weight=1.0,
+                        hidden_weight=1.0, steps=30, batch_size=16, lr=3e-3)
+    result = recover(str(vit), tmp_path / "vit-1.58", train=digits[0], eval=digits[1], config=cfg, device="cpu",
+                     progress=False)
+    m = result.metrics
+    assert m["teacher"]["accuracy"] >= 0.9  # the source is the fp classifier: it is its own teacher
+    assert m["after"]["accuracy"] >= 0.9 and m["steps"] == 30
+    assert m["converted"]["accuracy"] == m["after"]["accuracy"]
+    model = bitconv.load(tmp_path / "vit-1.58")
+    assert type(model).__name__ == "ViTForImageClassification"
+    assert (tmp_path / "vit-1.58" / "preprocessor_config.json").exists()
+    other = _image_folder(tmp_path / "other", 2, 3, classes=4)  # a class '3' the training folder never had
+    with pytest.raises(BitconvError, match=r"other: label '3' \(example 4\) is not in the training file's labels"):
+        recover(str(vit), tmp_path / "o", train=digits[0], eval=other, config=cfg.with_(steps=1), device="cpu")
+    with pytest.raises(OptionError, match="--augment edits texts"):
+        cfg.with_(augment=2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
 def test_device_cuda_without_a_gpu_is_one_line(run_cli, vit, digits, tmp_path):
     code, out, err = run_cli("eval", vit, "--task", "image-classify", "--data", digits[1], "--device", "cuda")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err

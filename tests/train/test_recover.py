@@ -132,8 +132,67 @@ def test_distillation_trains_a_teacher_first_and_starts_from_it(bert_dir, sentim
                                 "quant_warmup_steps": 4})
     assert result.metrics["teacher"]["accuracy"] > 0.8
     assert (tmp_path / "out.ckpt" / "teacher" / "config.json").exists()
+    assert (tmp_path / "out.ckpt" / "teacher" / "tokenizer_config.json").exists()  # a whole model folder
     # the student starts from the fine-tuned teacher, so even before QAT it is better than chance
     assert result.metrics["before"]["n_examples"] == 40
+
+
+def test_encoder_distillation_attention_logits_teacher_and_augmentation(bert_dir, sentiment, tmp_path):
+    """The classification recipe: attention maps and hidden states from the fp teacher, logits from a second
+    teacher (a base model fine-tuned here first), and teacher-labelled edited copies of the training texts."""
+    teacher = _classify(bert_dir, sentiment, tmp_path / "teacher-run",
+                        options={"distill": True, "teacher_epochs": 3, "teacher_lr": 3e-3, "steps": 2})
+    fp_teacher = tmp_path / "teacher-run.ckpt" / "teacher"
+    result = _classify(bert_dir, sentiment, tmp_path / "out",
+                       options={"distill": True, "teacher": str(fp_teacher), "logits_teacher": str(bert_dir),
+                                "teacher_epochs": 3, "teacher_lr": 3e-3, "attention_weight": 1.0,
+                                "hidden_weight": 0.5, "augment": 2, "steps": 30})
+    m = result.metrics
+    assert m["teacher"]["accuracy"] == teacher.metrics["teacher"]["accuracy"]  # --teacher is used as it is
+    assert m["logits_teacher"]["accuracy"] > 0.8  # the base model was fine-tuned into a teacher first
+    assert (tmp_path / "out.ckpt" / "logits-teacher" / "config.json").exists()
+    assert m["after"]["accuracy"] >= 0.9 and m["converted"]["accuracy"] == m["after"]["accuracy"]
+    # 160 texts and 2 variants each: an epoch is 480 items, so the 30 steps of 16 stay inside the first
+    assert m["train_samples"] == 30 * 16
+    record = json.loads((tmp_path / "out" / "recovery.json").read_text())["recipe"]
+    assert record["augment"] == 2 and record["attention_weight"] == 1.0
+
+
+def test_attention_loss_is_zero_for_equal_maps_and_ignores_padding_queries():
+    t = torch.softmax(torch.randn(2, 3, 5, 5), -1)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert losses.attention_loss([t], [t], mask).item() == pytest.approx(0.0, abs=1e-6)
+    s = t.clone()
+    s[0, :, 3:] = torch.softmax(torch.randn(3, 2, 5), -1)  # only padding queries differ
+    assert losses.attention_loss([s], [t], mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.attention_loss([torch.softmax(torch.randn(2, 3, 5, 5), -1)], [t], mask).item() > 0
+
+
+def test_augmented_texts_are_deterministic_edits_of_their_text():
+    from bitconv.data.augment import augment_texts
+
+    texts = ["the plot was good and the actors were great", "bad", ""]
+    out = augment_texts(texts, 3, seed=1)
+    assert out == augment_texts(texts, 3, seed=1) and out != augment_texts(texts, 3, seed=2)
+    assert len(out) == 9 and out[6:] == ["", "", ""]
+    words = set(" ".join(texts).split())
+    for variant in out[:3]:
+        assert variant != texts[0] and set(variant.split()) <= words and len(variant.split()) >= 4
+
+
+def test_a_teacher_of_other_labels_is_refused(bert_dir, sentiment, tmp_path):
+    from transformers import BertForSequenceClassification
+
+    other = tmp_path / "three-labels"
+    BertForSequenceClassification.from_pretrained(str(bert_dir), num_labels=3,
+                                                  id2label={0: "neg", 1: "neu", 2: "pos"}).save_pretrained(other)
+    for option in ("teacher", "logits_teacher"):
+        with pytest.raises(BitconvError, match=r"three-labels: a classifier of labels \['neg', 'neu', 'pos'\], but "
+                                               r"the training data has labels \['0', '1'\]"):
+            _classify(bert_dir, sentiment, tmp_path / f"o-{option}",
+                      options={"distill": True, option: str(other), "teacher_epochs": 0.1})
+    with pytest.raises(BitconvError, match="add --distill"):
+        RecoverConfig(augment=2)
 
 
 def test_lm_distillation_with_super_weights_and_int8_activations(llama_dir, text_file, tmp_path):
