@@ -17,7 +17,7 @@ T0=$(date +%s)
 python3 docs/benchmarks/bench_synth.py --model "$MODEL" --batch 2048 --length 512 --steps 48 \
     --json "$OUT/bench_synth.json" > "$OUT/bench.log" 2>&1
 python3 docs/benchmarks/bench_recover.py --model "$MODEL" --steps 10 --warmup 3 --compile --only plain,qat_distill \
-    --json "$OUT/bench_compile.json" >> "$OUT/bench.log" 2>&1
+    --json "$OUT/bench_compile.json" >> "$OUT/bench.log" 2>&1 && COMPILE=1 || COMPILE=0  # the long run compiles if this did
 TOKENS=$(python3 - "$OUT/bench_synth.json" "$GEN_S" "$MAX_TOKENS" <<'EOF'
 import json, sys
 try:
@@ -30,9 +30,9 @@ EOF
 )
 touch "$OUT/bench.done"  # other jobs sharing the GPU wait for this, so the throughput numbers are the loop's alone
 LEFT=$(( BUDGET - ($(date +%s) - T0) ))
-echo "bench_s=$(( $(date +%s) - T0 )) teacher_tokens=$TOKENS left_s=$LEFT" >> "$OUT/bench.log"
+echo "bench_s=$(( $(date +%s) - T0 )) compile=$COMPILE teacher_tokens=$TOKENS left_s=$LEFT" >> "$OUT/bench.log"
 python3 docs/benchmarks/recovery_general.py --model "$MODEL" --select "$EVAL/lee-select.txt" \
     --test "$EVAL/lee-test.txt" --extra tests/support/fixtures/shakespeare_200k.txt --work /tmp/runs \
     --results "$OUT/recovery_general.json" --teacher-tokens "$TOKENS?batch=2048" --deadline-s "$LEFT" \
-    "${@:5}" > "$OUT/recovery.log" 2>&1
+    --compile $COMPILE "${@:5}" > "$OUT/recovery.log" 2>&1
 echo "exit=$? total_s=$(( $(date +%s) - T0 ))" >> "$OUT/recovery.log"
