@@ -204,8 +204,8 @@ RATIOS = {"int8 A / TQ2_0 (fp16 head)": ("bitconv op, int8 A", "llama.cpp TQ2_0"
           "int8 A / TQ2_0 (int8 head)": ("bitconv op, int8 A, int8 head", "llama.cpp TQ2_0, Q8_0 head")}
 
 
-def measure(paths: dict[str, Path], threads: int, rounds: int, tokens: int) -> dict[str, float]:
-    """Median tokens/s by engine, the engines interleaved within every round."""
+def measure(paths: dict[str, Path], threads: int, rounds: int, tokens: int) -> dict[str, list[float]]:
+    """Tokens/s of every round by engine, the engines interleaved within every round."""
     prompt = list(range(100, 100 + PROMPT_LENGTH))
     engines = {label: cls(paths[key], threads) for label, (key, cls) in ENGINES.items()}
     for engine in engines.values():
@@ -214,7 +214,7 @@ def measure(paths: dict[str, Path], threads: int, rounds: int, tokens: int) -> d
     for _ in range(rounds):
         for label, engine in engines.items():
             rates[label].append(tokens / engine.decode(prompt, tokens))
-    return {label: statistics.median(r) for label, r in rates.items()}
+    return rates
 
 
 # -- bytes -------------------------------------------------------------------------------------------------
@@ -276,7 +276,8 @@ def table_header() -> list[str]:
     return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
 
 
-def table_row(threads: int, rates: dict[str, float], before: str, after: str) -> str:
+def table_row(threads: int, rounds: dict[str, list[float]], before: str, after: str) -> str:
+    rates = {label: statistics.median(r) for label, r in rounds.items()}
     ratios = [f"**{rates[a] / rates[b]:.2f}x**" for a, b in RATIOS.values()]
     return "| " + " | ".join([str(threads), *(f"{rates[label]:.1f}" for label in ENGINES), *ratios, before,
                               after]) + " |"
@@ -310,12 +311,15 @@ def main() -> None:
             paths = build(model, workdir)
             lines += [f"## {'GPT-2 small (124M)' if model == 'gpt2' else 'Llama shape 0.68B'}", "",
                       *bytes_table(paths), *table_header()]
+            spread = []
             for threads in args.threads:
                 before = load()
-                rates = measure(paths, threads, args.rounds, args.tokens)
-                lines.append(table_row(threads, rates, before, load()))
+                rounds = measure(paths, threads, args.rounds, args.tokens)
+                lines.append(table_row(threads, rounds, before, load()))
                 print(lines[-1], flush=True)
-            lines.append("")
+                spread += [f"- {threads} thread(s), {label}: " + ", ".join(f"{r:.1f}" for r in rates)
+                           for label, rates in rounds.items()]
+            lines += ["", "Every round (tok/s, in order):", "", *spread, ""]
     text = "\n".join(lines) + "\n"
     if args.out:
         args.out.write_text(text)
