@@ -15,8 +15,9 @@ build() says which folder each engine's file comes from. Timing: for each thread
 which every engine in turn decodes --tokens tokens after the prompt (the prompt's pass is not timed); the
 tables give each engine's median tokens/s and the ratios of medians from the same run. Every engine gets the
 same prompt, the same number of tokens and the same thread count. Above one thread ONNX Runtime's idle pool
-threads do not busy-wait (spin off: on a shared machine spinning made 2 threads slower than 1,
-docs/benchmarks/gemv.md); llama.cpp runs with llama-cpp-python's defaults. The machine (lscpu), date and load
+threads do not busy-wait unless --spin on (spin off: on a shared machine spinning made 2 threads slower than 1,
+docs/benchmarks/gemv.md; on: ONNX Runtime's own default, and llama.cpp's threads poll for work too);
+llama.cpp runs with llama-cpp-python's defaults. The machine (lscpu), date and load
 average are printed with the tables.
 """
 
@@ -150,10 +151,12 @@ def export_f16_gguf(folder: Path, path: Path) -> None:
 
 
 class OnnxEngine:
+    spin = False  # main() sets it from --spin
+
     def __init__(self, path: Path, threads: int):
         from bitconv.ort.generate import OnnxDecoder
 
-        self.decoder = OnnxDecoder(path, threads=threads, spin=False if threads > 1 else None)
+        self.decoder = OnnxDecoder(path, threads=threads, spin=self.spin if threads > 1 else None)
 
     def decode(self, prompt: list[int], tokens: int) -> float:
         stream = self.decoder.tokens(prompt, tokens + 1)
@@ -289,9 +292,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=32, help="tokens timed per round, after the prompt")
+    parser.add_argument("--spin", choices=("off", "on"), default="off",
+                        help="ONNX Runtime's idle pool threads busy-wait (on: its default, and what llama.cpp's "
+                             "threads do) or sleep (off: better when other processes share the cores)")
     parser.add_argument("--workdir", type=Path, help="keep the models here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="also write the report (Markdown) here")
     args = parser.parse_args()
+    OnnxEngine.spin = args.spin == "on"
     import llama_cpp
     import onnxruntime
 
@@ -303,7 +310,7 @@ def main() -> None:
              f"- Date: {started:%Y-%m-%d %H:%M} UTC (start of the run)",
              f"- Greedy decoding, {PROMPT_LENGTH}-token prompt then {args.tokens} timed tokens; median of "
              f"{args.rounds} interleaved rounds; ratios of medians from the same rounds; load average 1 / 5 / 15 "
-             "min before and after each row", ""]
+             f"min before and after each row; ONNX Runtime's pool threads above 1 thread: spin {args.spin}", ""]
     with tempfile.TemporaryDirectory(prefix="bench-peer-decode-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
