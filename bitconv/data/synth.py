@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitconv.data.decode import decoder_for
+from bitconv.data.decode import HFDecoder
 from bitconv.data.sources import SourceSpec, parse_count
 from bitconv.data.tokens import TokenCache, tokenizer_key
 from bitconv.display import task_progress
@@ -120,7 +120,7 @@ def sample_batch(model, start_id: int, n_seq: int, opts: SynthOptions, generator
     """[n_seq, length] token ids: the start token, then tokens sampled from the model one at a time."""
     out = torch.empty((n_seq, opts.length), dtype=torch.long, device=device)
     out[:, 0] = start_id
-    step = decoder_for(model, n_seq, opts.length)
+    step = HFDecoder(model, opts.length)
     for t in range(opts.length - 1):
         out[:, t + 1] = sample_next(step(out[:, t], t), opts, generator)
     return out

@@ -2,7 +2,7 @@
 # The GPU session behind docs/recovery.md's general-English result and docs/benchmarks/recover.md, in one job on
 # one H200:
 #   bash docs/benchmarks/recovery_h200.sh MODEL.gguf EVAL_DIR OUT_DIR BUDGET_S [recovery_general.py options]
-# 1. generation speed: bench_synth.py (transformers' generic loop against bitconv's batched decoder);
+# 1. generation speed: bench_synth.py (teacher:N's decoder and sampler);
 # 2. the loop's throughput: bench_recover.py, compiled (plain bf16 fine-tune, QAT + distillation);
 # 3. recovery_general.py on teacher:N, N sized so that generation takes about GEN_S seconds at the speed step 1
 #    measured (at most MAX_TOKENS), the ablation, then the long run fitted into what is left of BUDGET_S.
@@ -22,7 +22,7 @@ TOKENS=$(python3 - "$OUT/bench_synth.json" "$GEN_S" "$MAX_TOKENS" <<'EOF'
 import json, sys
 try:
     rows = json.load(open(sys.argv[1]))["results"]
-    rate = next(r["tokens_per_s"] for r in rows if r["path"] == "fast_full")  # whole sequences, as teacher:N runs
+    rate = next(r["tokens_per_s"] for r in rows if r["path"] == "decode")
 except (OSError, KeyError, TypeError, ValueError, StopIteration):
     rate = 18_000  # the generic loop's measured speed (docs/benchmarks/recover.md)
 print(int(min(float(sys.argv[3]), rate * float(sys.argv[2]))))
