@@ -26,8 +26,10 @@ from bitconv.train.pipeline import recover
 
 QUANT_KEYS = ("bits", "granularity", "scale_method", "keep_outliers", "activations")
 
-SST2 = dict(task="classify", batch_size=64, epochs=3, lr=2e-4, teacher_epochs=2, teacher_lr=1e-4)
-SPAM = dict(task="classify", batch_size=32, epochs=8, lr=2e-4, teacher_epochs=4, teacher_lr=1e-4)
+# the classify defaults of these runs (before issue 15 made encoder distillation the default): a run names what it adds
+PLAIN = dict(distill=False, hidden_weight=0.0, attention_weight=0.0, augment=0)
+SST2 = dict(task="classify", batch_size=64, epochs=3, lr=2e-4, teacher_epochs=2, teacher_lr=1e-4, **PLAIN)
+SPAM = dict(task="classify", batch_size=32, epochs=8, lr=2e-4, teacher_epochs=4, teacher_lr=1e-4, **PLAIN)
 SMOL = dict(task="lm", batch_size=16, seq_len=256, lr=2e-4, precision="bf16", eval_tokens=100_000)
 
 # name -> options; "@run" in teacher means the fp teacher that run fine-tuned (run it first)
@@ -93,6 +95,8 @@ def as_command(source: str, train: str, eval_path: str | None, out: str, options
         flag = "--" + key.replace("_", "-").replace("scale-method", "scale")
         if value is True:
             parts.append(flag)
+        elif value is False:
+            parts.append(flag.replace("--", "--no-", 1))
         elif isinstance(value, tuple):
             parts.append(f"{flag} {','.join(f'{v:g}' for v in value)}")
         else:

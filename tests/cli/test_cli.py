@@ -43,3 +43,30 @@ def test_inspect_shows_whole_tensor_names_in_a_narrow_terminal(run_cli, tiny_gpt
     # shortened in the middle, never at the end: which layer and which projection stay on the screen
     for end in ("0.attn.c_attn.weight", "1.mlp.c_proj.weight", "0.attn.c_proj.weight"):
         assert end in out
+
+
+def test_recover_help_names_the_per_task_defaults(run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # rich wraps the option table at the terminal width
+    code, out, _ = run_cli("recover", "--help")
+    text = " ".join(out.replace("│", " ").split())
+    assert code == 0
+    for said in ("--distill --hidden-weight 1 --attention-weight 1 --augment 2 --lr 2e-4",
+                 "default: lm and classify yes, image-classify no", "default: classify 1, lm and image-classify 0",
+                 "default: classify 1, image-classify 0", "0: off (default: classify 2)", "classify 2e-4"):
+        assert said in text, said
+
+
+def test_recover_options_left_out_take_the_task_defaults(run_cli, monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from bitconv.train import pipeline
+    from bitconv.train.config import RecoverConfig
+
+    seen = []
+    monkeypatch.setattr(pipeline, "recover", lambda *a, config, **kw: seen.append(config) or SimpleNamespace(metrics={}))
+    for switch in ([], ["--no-distill"], ["--hidden-weight", "0", "--attention-weight", "0", "--augment", "0"]):
+        code, _, err = run_cli("recover", "model", "--out", tmp_path / "o", *switch)
+        assert code == 0, err
+    assert seen[0] == RecoverConfig(task="classify")
+    assert not seen[1].distill and seen[1].hidden_weight == seen[1].attention_weight == seen[1].augment == 0
+    assert seen[2].distill and seen[2].hidden_weight == seen[2].attention_weight == seen[2].augment == 0
