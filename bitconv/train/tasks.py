@@ -417,12 +417,12 @@ class LMLoss(nn.Module):
         with autocast(cfg.precision, input_ids.device):
             t_out = None
             if self.fused:
-                out = self.model.base_model(input_ids=input_ids, output_hidden_states=hidden)
+                out = self.model.base_model(input_ids=input_ids, output_hidden_states=hidden, use_cache=False)
                 h = out.last_hidden_state[:, :-1].reshape(-1, out.last_hidden_state.shape[-1])
                 t_h = None
                 if teacher is not None:
                     with torch.no_grad():
-                        t_out = teacher.base_model(input_ids=input_ids, output_hidden_states=hidden)
+                        t_out = teacher.base_model(input_ids=input_ids, output_hidden_states=hidden, use_cache=False)
                         t_h = t_out.last_hidden_state[:, :-1].reshape(-1, t_out.last_hidden_state.shape[-1])
                 on_gpu_bf16 = cfg.precision == "bf16" and input_ids.device.type == "cuda"
                 loss = lm_head_loss(h, self.model.get_output_embeddings(), target, t_h,
@@ -430,12 +430,12 @@ class LMLoss(nn.Module):
                                     cfg.temperature, w, HEAD_CHUNK, torch.bfloat16 if on_gpu_bf16 else torch.float32,
                                     self.compile)
             else:
-                out = self.model(input_ids=input_ids, output_hidden_states=hidden)
+                out = self.model(input_ids=input_ids, output_hidden_states=hidden, use_cache=False)
                 vocab = out.logits.shape[-1]
                 t_logits = None
                 if teacher is not None:
                     with torch.no_grad():
-                        t_out = teacher(input_ids=input_ids, output_hidden_states=hidden)
+                        t_out = teacher(input_ids=input_ids, output_hidden_states=hidden, use_cache=False)
                     t_logits = t_out.logits[:, :-1].reshape(-1, vocab)
                 loss = logits_loss(out.logits[:, :-1].reshape(-1, vocab), target, t_logits, cfg.temperature, w)
             if hidden:

@@ -177,3 +177,26 @@ def test_cli_recover_prints_every_eval_set_and_the_folder(llama, tmp_path, run_c
     assert code == 0, stderr
     assert f"wrote {out} (recipe and metrics in {out / 'recovery.json'})" in stdout
     assert stdout.count("converted:") == 2 and f"({SMALL_TEACHER})" in stdout
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_compiled_blocks_compile_once_for_every_layer(llama, fused):
+    """The training forward passes carry no key/value cache: with one, dynamo guarded on each layer's cache state
+    and recompiled the shared block code layer after layer until its recompile limit left the rest eager."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM
+
+    from bitconv.train.runtime import transformer_blocks
+
+    torch._dynamo.reset()
+    counters.clear()
+    student, teacher = (AutoModelForCausalLM.from_pretrained(llama) for _ in range(2))
+    for model in (student, teacher):
+        for block in transformer_blocks(model):
+            block.compile(backend="eager")  # what compile_blocks does, without inductor's compile time
+    loss = tasks.LMLoss(student, teacher.eval().requires_grad_(False), _cfg(precision="fp32"), fused)
+    ids = torch.randint(0, student.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    loss(ids).backward()
+    loss(ids).backward()
+    assert counters["stats"]["unique_graphs"] == 2  # the student's block with grad, the teacher's without
