@@ -13,7 +13,6 @@ bitconv.evaluate.metrics (the code `bitconv eval` runs).
 from __future__ import annotations
 
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,7 +22,7 @@ from torch import nn
 
 from bitconv.data.tokens import TokenCache
 from bitconv.errors import OptionError, OutputError, SourceError
-from bitconv.format.atomic import check_output, staged_folder, write_json_atomic
+from bitconv.format.atomic import PARTIAL, check_output, scratch_folder, staged_folder, write_json_atomic
 from bitconv.train import checkpoints, qat
 from bitconv.train.config import RecoverConfig
 from bitconv.train.runtime import Runtime, full_state_dicts, seed_everything, shard, start_runtime, stop_runtime
@@ -211,13 +210,10 @@ def write_folder(model: nn.Module, tok, task, source: str, out: Path, cfg: Recov
     from bitconv.quantize.convert import convert
     from bitconv.report.model_card import recovery_card
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {out.parent} ({exc.strerror}); choose another --out") from None
-    with tempfile.TemporaryDirectory(prefix=".bitconv-recover-", dir=out.parent) as tmp:
+    # the latent checkpoint, beside the output (a killed run's is removed by the next one, as staged outputs are)
+    with scratch_folder(f".{out.name}.latent{PARTIAL}", beside=out) as tmp:
         # named after the source: convert records the checkpoint folder's name as the source
-        latent = Path(tmp) / source_name(source)
+        latent = tmp / source_name(source)
         model.save_pretrained(latent, safe_serialization=True)
         tok.save_pretrained(latent)
         with staged_folder(out) as staged:

@@ -8,13 +8,11 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from bitconv.format.atomic import remove_stale, scratch_folder, staged_file, staged_folder
-from support.isolation import bitconv_process, one_line_error, snapshot
+from support.isolation import bitconv_process, dead_pid, one_line_error, snapshot
 from support.packed_files import write_bitconv_folder
 from support.paths import FIXTURE_TEXT
 
@@ -35,12 +33,6 @@ def refused(run_cli, *args) -> str:
     code, out, err = run_cli(*map(str, args))
     assert code == 1, (out, err)
     return one_line_error(err)
-
-
-def dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
 
 
 @pytest.mark.parametrize("out", [".", "models", "models/llama", "models/llama/inside"])

@@ -46,3 +46,10 @@ def one_line_error(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     return lines[0]
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended (what a killed run's temporary names hold)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid

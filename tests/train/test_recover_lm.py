@@ -200,3 +200,15 @@ def test_compiled_blocks_compile_once_for_every_layer(llama, fused):
     loss(ids).backward()
     loss(ids).backward()
     assert counters["stats"]["unique_graphs"] == 2  # the student's block with grad, the teacher's without
+
+
+def test_recover_leaves_no_latent_checkpoint_and_removes_a_killed_runs(llama, tmp_path):
+    import socket
+
+    from support.isolation import dead_pid
+
+    stale = tmp_path / f".out.latent.partial-{socket.gethostname()}-{dead_pid()}-ab12cd"  # a SIGKILLed recover's
+    (stale / "llama").mkdir(parents=True)
+    recover(str(llama), tmp_path / "out", train=[f"{FIXTURE_TEXT}"], config=_cfg(steps=1), device="cpu",
+            progress=False, cache_dir=tmp_path / "cache")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "out.ckpt"]
