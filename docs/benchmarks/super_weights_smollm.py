@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
+from bitconv.data.tokens import TokenCache
 from bitconv.train import qat
 from bitconv.train import super_weights as sw
 from bitconv.train.config import RecoverConfig
-from bitconv.train.tasks import LMTask, tokenizer_for
+from bitconv.train.runtime import start_runtime
+from bitconv.train.tasks import Context, LMTask, tokenizer_for
 
 
 def main() -> None:
@@ -31,26 +33,30 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--seq-len", type=int, default=RecoverConfig.seq_len, help="tokens per block and window")
+    ap.add_argument("--cache-dir", help="token cache (default: ~/.cache/bitconv/tokens)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    cfg = RecoverConfig(task="lm", eval_tokens=args.eval_tokens)
-    device = torch.device("cpu")
-    task = LMTask.prepare(cfg, tokenizer_for(args.model), Path(args.text), None)
+    cfg = RecoverConfig(task="lm", eval_tokens=args.eval_tokens, seq_len=args.seq_len)
+    rt = start_runtime("cpu")
+    device = rt.device
+    ctx = Context(args.model, rt, TokenCache(args.cache_dir), progress=False)
+    task = LMTask.prepare(cfg, tokenizer_for(args.model), [args.text], [], ctx)
     model = task.load_model(args.model).eval()
-    names = qat.quantized_weight_names(model, cfg.quant_config())
+    names = qat.quantized_weight_names(model, cfg.quant)
     found = sw.find_super_weights(model, task.calibration_batches(device, n_batches=2, batch_size=8), args.n,
                                   candidates=names)
     result = {"model": Path(args.model).name, "n_eval_tokens": None, "super_weights": [f.to_dict() for f in found]}
-    result["fp"] = task.evaluate(model, args.model)
+    result["fp"] = task.evaluate(model)
     with sw.zeroed(model, found):
-        result["fp_without_super_weights"] = task.evaluate(model, args.model)
-    attached = qat.attach(model, names, cfg.quant_config())
-    result["ternary"] = task.evaluate(model, args.model)
+        result["fp_without_super_weights"] = task.evaluate(model)
+    attached = qat.attach(model, names, cfg.quant)
+    result["ternary"] = task.evaluate(model)
     qat.detach(model, attached)
     outliers = sw.as_outlier_indices(found, sw.linear_shapes(model, {f.tensor for f in found}))
-    qat.attach(model, names, cfg.quant_config(), outliers)
-    result["ternary_keeping_super_weights"] = task.evaluate(model, args.model)
+    qat.attach(model, names, cfg.quant, outliers)
+    result["ternary_keeping_super_weights"] = task.evaluate(model)
     result["n_eval_tokens"] = result["fp"]["n_scored_tokens"]
     result["seconds"] = round(time.perf_counter() - t0, 1)
     Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
