@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
 T0=$(date +%s)
-python3 docs/benchmarks/bench_synth.py --model "$MODEL" --batch 2048 --length 512 --steps 48 \
+python3 docs/benchmarks/bench_synth.py --model "$MODEL" --batch 2048 --length 512 \
     --json "$OUT/bench_synth.json" > "$OUT/bench.log" 2>&1
 python3 docs/benchmarks/bench_recover.py --model "$MODEL" --steps 10 --warmup 3 --compile --only plain,qat_distill \
     --json "$OUT/bench_compile.json" >> "$OUT/bench.log" 2>&1 && COMPILE=1 || COMPILE=0  # the long run compiles if this did
