@@ -581,88 +581,59 @@ BITCONV_AVX512 void quantize_int8(const GemmProblem& p, const float* a, int8_t* 
   }
 }
 
-// Float16 weights: 16 halves -> 16 floats per VCVTPH2PS, then FMA. Every output is summed in the same order
-// whatever the batch or the thread split (so decode and prefill, 1 or N threads, give the same bits): the even
-// 16-element blocks of each 32 into one accumulator, the odd ones into a second, a last block of 16 into the first,
-// then the horizontal sum of both and the scalar tail. Batches of MB activation rows share each conversion.
-template <int MB>
-BITCONV_AVX512 void half_rows(const HalfProblem& p, int64_t m0, int64_t n0, int64_t n1) {
+// Float16 weights: 16 halves -> 16 floats per VCVTPH2PS, then FMA. One routine computes a block of MB activation
+// rows by R rows of W, so every output is summed in the same order whatever the batch or the thread split (decode
+// and prefill, 1 or N threads, give the same bits): the even 16-element blocks of each 32 into one accumulator, the
+// odd ones into a second, a last block of 16 into the first, then the horizontal sum of both and the scalar tail.
+// Batches of activation rows share each conversion (MB = 4, R = 1). A lone activation row (decode, where the
+// lm_head's read of W is the whole cost) takes two rows of W at a time (MB = 1, R = 2) and prefetches the rows four
+// ahead: on the Ice Lake VM of docs/benchmarks/peer_decode.md (1 thread, GPT-2's 50257 x 768 head, the two builds
+// timed alternately, 2026-12-01) that read W at about 11 GB/s (7.0 ms a call) against 7.2-8.9 GB/s (8.7-10.7 ms)
+// for one row of W and one dependent FMA chain: more independent loads in flight.
+template <int MB, int R>
+BITCONV_AVX512 void half_block(const HalfProblem& p, int64_t m0, int64_t n) {
   const float* a[MB];
-  for (int r = 0; r < MB; ++r) a[r] = p.a + (m0 + r) * p.K;
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint16_t* w = p.w + n * p.K;
-    __m512 c[MB], d[MB];
-    for (int r = 0; r < MB; ++r) c[r] = d[r] = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 32 <= p.K; k += 32) {
-      const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k)));
-      const __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k + 16)));
-      for (int r = 0; r < MB; ++r) {
-        c[r] = _mm512_fmadd_ps(_mm512_loadu_ps(a[r] + k), w0, c[r]);
-        d[r] = _mm512_fmadd_ps(_mm512_loadu_ps(a[r] + k + 16), w1, d[r]);
-      }
-    }
-    if (k + 16 <= p.K) {
-      const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k)));
-      for (int r = 0; r < MB; ++r) c[r] = _mm512_fmadd_ps(_mm512_loadu_ps(a[r] + k), w0, c[r]);
-      k += 16;
-    }
-    for (int r = 0; r < MB; ++r) {
-      float y = _mm512_reduce_add_ps(_mm512_add_ps(c[r], d[r]));
-      for (int64_t kk = k; kk < p.K; ++kk) y += a[r][kk] * half_to_float(w[kk]);
-      p.y[(m0 + r) * p.N + n] = y;
-    }
-  }
-}
-
-// One activation row (decode, where the lm_head's read of W is the whole cost): two rows of W at a time, each
-// with two accumulators, and the rows four ahead prefetched. On the Ice Lake VM of docs/benchmarks/peer_decode.md
-// (1 thread, GPT-2's 50257 x 768 head, the two builds timed alternately, 2026-12-01) this read W at about 11 GB/s
-// (7.0 ms a call) against 7.2-8.9 GB/s (8.7-10.7 ms) for the earlier loop (one row of W, one dependent FMA chain):
-// more independent loads in flight. Same summation order as half_rows. End to end: docs/benchmarks/peer_decode.md.
-template <int R>
-BITCONV_AVX512 void half_gemv_rows(const HalfProblem& p, int64_t m0, int64_t n) {
-  const float* a = p.a + m0 * p.K;
   const uint16_t* w[R];
-  __m512 c[R], d[R];
-  for (int r = 0; r < R; ++r) {
-    w[r] = p.w + (n + r) * p.K;
-    c[r] = _mm512_setzero_ps();
-    d[r] = _mm512_setzero_ps();
-  }
+  __m512 c[MB][R], d[MB][R];
+  for (int i = 0; i < MB; ++i) a[i] = p.a + (m0 + i) * p.K;
+  for (int r = 0; r < R; ++r) w[r] = p.w + (n + r) * p.K;
+  for (int i = 0; i < MB; ++i)
+    for (int r = 0; r < R; ++r) c[i][r] = d[i][r] = _mm512_setzero_ps();
   int64_t k = 0;
-  for (; k + 32 <= p.K; k += 32) {
-    const __m512 x0 = _mm512_loadu_ps(a + k), x1 = _mm512_loadu_ps(a + k + 16);
+  for (; k + 32 <= p.K; k += 32)
     for (int r = 0; r < R; ++r) {
       _mm_prefetch(reinterpret_cast<const char*>(w[r] + 4 * p.K + k), _MM_HINT_T0);
-      c[r] = _mm512_fmadd_ps(x0, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + k))), c[r]);
-      d[r] = _mm512_fmadd_ps(x1, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + k + 16))),
-                             d[r]);
+      const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + k)));
+      const __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + k + 16)));
+      for (int i = 0; i < MB; ++i) {
+        c[i][r] = _mm512_fmadd_ps(_mm512_loadu_ps(a[i] + k), w0, c[i][r]);
+        d[i][r] = _mm512_fmadd_ps(_mm512_loadu_ps(a[i] + k + 16), w1, d[i][r]);
+      }
     }
-  }
   if (k + 16 <= p.K) {
-    const __m512 x0 = _mm512_loadu_ps(a + k);
-    for (int r = 0; r < R; ++r)
-      c[r] = _mm512_fmadd_ps(x0, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + k))), c[r]);
+    for (int r = 0; r < R; ++r) {
+      const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + k)));
+      for (int i = 0; i < MB; ++i) c[i][r] = _mm512_fmadd_ps(_mm512_loadu_ps(a[i] + k), w0, c[i][r]);
+    }
     k += 16;
   }
-  for (int r = 0; r < R; ++r) {
-    float y = _mm512_reduce_add_ps(_mm512_add_ps(c[r], d[r]));
-    for (int64_t kk = k; kk < p.K; ++kk) y += a[kk] * half_to_float(w[r][kk]);
-    p.y[m0 * p.N + n + r] = y;
-  }
-}
-
-BITCONV_AVX512 void half_gemv(const HalfProblem& p, int64_t m0, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 2 <= n1; n += 2) half_gemv_rows<2>(p, m0, n);
-  if (n < n1) half_gemv_rows<1>(p, m0, n);
+  for (int i = 0; i < MB; ++i)
+    for (int r = 0; r < R; ++r) {
+      float y = _mm512_reduce_add_ps(_mm512_add_ps(c[i][r], d[i][r]));
+      for (int64_t kk = k; kk < p.K; ++kk) y += a[i][kk] * half_to_float(w[r][kk]);
+      p.y[(m0 + i) * p.N + n + r] = y;
+    }
 }
 
 BITCONV_AVX512 void gemm_half(const HalfProblem& p, int64_t n0, int64_t n1) {
   int64_t m = 0;
-  for (; m + 4 <= p.M; m += 4) half_rows<4>(p, m, n0, n1);
-  for (; m < p.M; ++m) half_gemv(p, m, n0, n1);
+  for (; m + 4 <= p.M; m += 4)
+    for (int64_t n = n0; n < n1; ++n) half_block<4, 1>(p, m, n);
+  for (; m < p.M; ++m) {
+    int64_t n = n0;
+    for (; n + 2 <= n1; n += 2) half_block<1, 2>(p, m, n);
+    if (n < n1) half_block<1, 1>(p, m, n);
+  }
 }
 
 }  // namespace
