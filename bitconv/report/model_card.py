@@ -16,6 +16,7 @@ import yaml
 
 from bitconv.display import human_bytes
 from bitconv.errors import FormatError
+from bitconv.format.safetensors import open_regular
 from bitconv.format.summary import summarize
 from bitconv.format.vocab import BITS_TO_SCHEME, FORMAT_NAME, FORMAT_VERSION
 from bitconv.hub.ids import is_repo_id
@@ -56,12 +57,15 @@ def front_matter(text: str) -> dict:
 def license_of_card(readme: Path) -> str | None:
     """The `license:` of a model card's front matter; None when the file is missing, not a regular file of at
     most 1 MB (a card, not a hanging FIFO or a huge file), or names none."""
+    limit = 1 << 20
     try:
-        if not readme.is_file() or readme.stat().st_size > 1 << 20:
-            return None
-        meta = front_matter(readme.read_text(errors="replace"))
-    except OSError:
+        with open_regular(readme) as fh:
+            raw = fh.read(limit + 1)
+    except (FormatError, OSError):
         return None
+    if len(raw) > limit:
+        return None
+    meta = front_matter(raw.decode("utf-8", errors="replace"))
     return meta["license"] if isinstance(meta.get("license"), str) else None
 
 
