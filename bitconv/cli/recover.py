@@ -27,7 +27,7 @@ Examples:
 
 Sources (--train, --eval; repeatable): a text file; a folder or glob of .txt/.md/.jsonl/.parquet/.csv/.tsv;
 hf:NAME for `datasets.load_dataset` (?config=&split=&column=&data_files=&streaming=1); a folder written by
-save_to_disk; teacher:N (N tokens sampled from the original model; ?top_k=&top_p=&temperature=&length=&batch=). Add &weight=W
+save_to_disk; teacher:N (N tokens sampled from the original model; ?top_k=&top_p=&temperature=&length=&batch=&compile=1). Add &weight=W
 to mix training sources in those shares.
 """
 

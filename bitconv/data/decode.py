@@ -6,6 +6,11 @@ It steps through transformers' own preallocated cache. A decoder with a cache of
 (each step attending only to the positions so far, grouped-query attention without repeated keys and values) was
 tried and measured slower: on one H200 with SmolLM2-135M in bf16, batch 2048, 73 ms a step over whole 512-token
 sequences against 37 ms for this one (docs/benchmarks/recover.md); on the CPU no faster over whole sequences.
+
+`compile=True` runs every step after the first through `torch.compile(mode="reduce-overhead")`, what transformers'
+`generate` does with a static cache on a GPU: one graph for all positions (the cache keeps its position in a
+tensor), replayed as a CUDA graph, so the per-layer Python and kernel launches of a step are paid once. The first
+step stays eager because it allocates the cache (and pins its address for the graph).
 """
 
 from __future__ import annotations
@@ -17,23 +22,31 @@ import torch
 
 class HFDecoder:
     """Any transformers causal LM, stepping through its own cache: a preallocated StaticCache (filled in place by
-    the model) where this transformers has one, else the growing DynamicCache."""
+    the model) where this transformers has one, else the growing DynamicCache (never compiled). `reset()` starts
+    new sequences of the same batch size in the same cache, so a compiled step is reused."""
 
-    def __init__(self, model, length: int):
+    def __init__(self, model, length: int, compile: bool = False):
         self.model = model
         try:
             from transformers import StaticCache
 
             self.cache = StaticCache(config=model.config, max_cache_len=length)
+            self.compiled = torch.compile(model.__call__, mode="reduce-overhead") if compile else None
         except (ImportError, TypeError, ValueError):
             from transformers import DynamicCache
 
-            self.cache = DynamicCache()
+            self.cache, self.compiled = DynamicCache(), None
         # transformers renamed `past_key_values` to `cache` (5.2x); pass it under the name this version reads
         self.name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.started = False
+
+    def reset(self) -> None:
+        self.cache.reset()
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, t: int) -> torch.Tensor:
         """The cache knows the position (t is implied by the steps before)."""
-        out = self.model(input_ids=ids[:, None], use_cache=True, **{self.name: self.cache})
+        forward = self.compiled if self.compiled is not None and self.started else self.model
+        self.started = True
+        out = forward(input_ids=ids[:, None], use_cache=True, **{self.name: self.cache})
         return out.logits[:, -1, :]

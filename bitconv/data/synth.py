@@ -7,7 +7,9 @@ next one by sampling, on the GPU in large batches with a preallocated key/value 
 
 Sampling, as transformers' `generate` does it: logits / temperature (1), the top_k (50) most likely tokens, then
 within those the smallest set whose probability reaches top_p (0.95); top_k=0 considers the whole vocabulary.
-Options: `teacher:N?length=512&batch=1024&top_k=50&top_p=0.95&temperature=1`.
+Options: `teacher:N?length=512&batch=1024&top_k=50&top_p=0.95&temperature=1&compile=0`; `compile=1` replays each
+decoding step as a compiled (on a GPU: CUDA) graph (bitconv.data.decode), which may change low-order bits of the
+logits and so the sampled text: it is part of the cache key.
 
 Batch b is drawn from a generator seeded with (seed, b), so the stream is the same for a seed however often
 it was interrupted: finished batches are appended to `<key>.partial.u32` (progress in `<key>.partial.json`)
@@ -46,6 +48,7 @@ class SynthOptions:
     top_p: float = 0.95
     temperature: float = 1.0
     seed: int = 0
+    compile: bool = False  # decode through torch.compile (bitconv.data.decode.HFDecoder)
 
     @classmethod
     def from_spec(cls, spec: SourceSpec, seq_len: int, seed: int) -> "SynthOptions":
@@ -54,10 +57,11 @@ class SynthOptions:
         o = spec.options
         try:
             opts = cls(n, int(o.get("length", 512)), int(o.get("batch", 1024)), int(o.get("top_k", 50)),
-                       float(o.get("top_p", 0.95)), float(o.get("temperature", 1.0)), seed)
-        except ValueError:
-            raise DataError(f"{spec.text}: length, batch and top_k must be integers, top_p and temperature numbers"
-                            ) from None
+                       float(o.get("top_p", 0.95)), float(o.get("temperature", 1.0)), seed,
+                       {"0": False, "1": True}[o.get("compile", "0")])
+        except (ValueError, KeyError):
+            raise DataError(f"{spec.text}: length, batch and top_k must be integers, top_p and temperature numbers, "
+                            "compile 0 or 1") from None
         if n <= 0:
             raise DataError(f"{spec.text}: the generation budget must be a positive number of tokens, e.g. teacher:20M")
         if n < seq_len:
@@ -116,11 +120,15 @@ def sample_next(logits: torch.Tensor, opts: SynthOptions, generator: torch.Gener
 
 @torch.no_grad()
 def sample_batch(model, start_id: int, n_seq: int, opts: SynthOptions, generator: torch.Generator,
-                 device: torch.device) -> torch.Tensor:
-    """[n_seq, length] token ids: the start token, then tokens sampled from the model one at a time."""
+                 device: torch.device, step: HFDecoder | None = None) -> torch.Tensor:
+    """[n_seq, length] token ids: the start token, then tokens sampled from the model one at a time. `step`: a
+    decoder of the same batch size to reuse (reset here), so that a compiled one is compiled once."""
     out = torch.empty((n_seq, opts.length), dtype=torch.long, device=device)
     out[:, 0] = start_id
-    step = HFDecoder(model, opts.length)
+    if step is None:
+        step = HFDecoder(model, opts.length, opts.compile)
+    else:
+        step.reset()
     for t in range(opts.length - 1):
         out[:, t + 1] = sample_next(step(out[:, t], t), opts, generator)
     return out
@@ -156,10 +164,14 @@ def generate_stream(model, tokenizer, source_key: str, opts: SynthOptions, cache
     model.eval()
     with task_progress("generating", total=opts.n_batches, enabled=progress, completed=full_batches,
                        unit="tokens") as advance, open(partial, "ab") as fh:
+        decoders: dict[int, HFDecoder] = {}  # by batch size: only the last batch may be smaller
         for b in range(full_batches, opts.n_batches):
             n_seq = min(opts.batch, opts.n_sequences - b * opts.batch)
             gen = torch.Generator(device=device).manual_seed(opts.seed * 1_000_003 + b)
-            ids = sample_batch(model, start_id, n_seq, opts, gen, device)
+            if n_seq not in decoders:
+                decoders[n_seq] = HFDecoder(model, opts.length, opts.compile)
+            step = decoders[n_seq]
+            ids = sample_batch(model, start_id, n_seq, opts, gen, device, step)
             fh.write(ids.to("cpu", torch.int64).numpy().astype(np.uint32).tobytes())
             fh.flush()
             os.fsync(fh.fileno())

@@ -68,6 +68,11 @@ def main() -> None:
                     help="fit the long run into this many seconds from the start (0: no limit)")
     ap.add_argument("--main-overhead-s", type=float, default=100,
                     help="deadline: seconds the long run spends outside training (loading, evaluation, conversion)")
+    ap.add_argument("--step-s", type=float, default=0,
+                    help="deadline with --main (no ablation run to time a step): seconds per training step, e.g. "
+                         "bench_recover.py's compiled QAT + distillation step")
+    ap.add_argument("--gen-s", type=float, default=0,
+                    help="deadline with --main: seconds the long run spends generating its teacher:N data first")
     ap.add_argument("--only", default="", help="comma-separated candidates (default: all)")
     ap.add_argument("--main", default="", help="skip the ablation: run this candidate long")
     ap.add_argument("--compile", type=int, default=1, help="torch.compile the long run's blocks")
@@ -117,9 +122,10 @@ def main() -> None:
         print(f"CHOSEN {best}: {scores}", flush=True)
     steps = args.main_steps
     last = results["runs"].get(best)
-    if args.deadline_s and last:  # as many steps as fit, at the speed the ablation run measured
-        per_step = last["timings"]["recover"]["seconds"] / last["recipe"]["steps"]
-        left = args.deadline_s - (time.perf_counter() - start) - args.main_overhead_s
+    # as many steps as fit: at the speed the ablation run measured, else at --step-s after generating (--gen-s)
+    per_step = last["timings"]["recover"]["seconds"] / last["recipe"]["steps"] if last else args.step_s
+    if args.deadline_s and per_step:
+        left = args.deadline_s - (time.perf_counter() - start) - args.main_overhead_s - (0 if last else args.gen_s)
         steps = max(args.ablation_steps, min(steps, int(left / per_step)))
         print(f"FIT main: {steps} steps ({per_step:.3f} s/step, {left:.0f} s left)", flush=True)
     one(f"main_{best}", CANDIDATES[best], steps, [*args.test, args.select, *args.extra, args.eval_teacher],
