@@ -15,6 +15,10 @@ Batch b is drawn from a generator seeded with (seed, b), so the stream is the sa
 it was interrupted: finished batches are appended to `<key>.partial.u32` (progress in `<key>.partial.json`)
 and a rerun continues after the last one. The finished stream is an ordinary cached token stream
 (bitconv.data.tokens), keyed by the model's weights, the tokenizer and these options.
+
+Under torchrun every process generates: process r writes batches r, r + world, ... to a partial file of its own
+(resumable the same way), and the first process joins them in batch order. Since batch b's generator depends on b
+alone, the stream is the same for any number of processes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -135,8 +140,10 @@ def sample_batch(model, start_id: int, n_seq: int, opts: SynthOptions, generator
 
 
 def generate_stream(model, tokenizer, source_key: str, opts: SynthOptions, cache: TokenCache, device: torch.device,
-                    progress: bool = True, say=print) -> np.ndarray:
-    """The token stream of `opts.n_tokens` sampled tokens (whole sequences, so a little more), cached, resumable."""
+                    progress: bool = True, say=print, rank: int = 0, world: int = 1,
+                    barrier: Callable[[], None] = lambda: None) -> np.ndarray:
+    """The token stream of `opts.n_tokens` sampled tokens (whole sequences, so a little more), cached, resumable.
+    With `world` processes each calls this with its `rank` and a `barrier` over all of them (see above)."""
     start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start_id is None:
         raise DataError("the tokenizer has no beginning- or end-of-sequence token to start generated text from")
@@ -146,39 +153,66 @@ def generate_stream(model, tokenizer, source_key: str, opts: SynthOptions, cache
     if done is not None:
         say(f"teacher:{opts.n_tokens}: {done.size:,} generated tokens from the cache ({cache.path(key)})")
         return done
-    partial, progress_file = cache.folder / f"{key}.partial.u32", cache.folder / f"{key}.partial.json"
-    seq_bytes = opts.length * 4
+    _generate_share(model, start_id, _partial_stem(cache, key, rank, world), opts, range(rank, opts.n_batches, world),
+                    device, progress, say)
+    barrier()
+    if rank == 0:
+        stems = [_partial_stem(cache, key, r, world) for r in range(world)]
+        parts = [np.fromfile(f"{stem}.u32", dtype=np.uint32) for stem in stems]
+        rows = opts.batch * opts.length
+
+        def in_batch_order():  # batch b is process b % world's (b // world)-th; only the last batch is short
+            for b in range(opts.n_batches):
+                yield parts[b % world][(b // world) * rows:(b // world + 1) * rows]
+
+        result = cache.store(key, in_batch_order(), {"source": f"teacher:{opts.n_tokens}", "options": asdict(opts)})
+        for stem in stems:
+            Path(f"{stem}.u32").unlink(missing_ok=True)
+            Path(f"{stem}.json").unlink(missing_ok=True)
+    barrier()
+    if rank != 0:
+        result = cache.load(key)
+        if result is None:
+            raise DataError(f"{cache.path(key)}: the stream the first process generated is not there; every process "
+                            "needs the same --cache-dir, on a file system they share")
+    return result
+
+
+def _partial_stem(cache: TokenCache, key: str, rank: int, world: int) -> str:
+    """`<key>.partial` (one process), `<key>.<rank>of<world>.partial` (one of several): the partial file's stem."""
+    return str(cache.folder / (f"{key}.partial" if world == 1 else f"{key}.{rank}of{world}.partial"))
+
+
+def _generate_share(model, start_id: int, stem: str, opts: SynthOptions, batches: range, device: torch.device,
+                    progress: bool, say) -> None:
+    """Batches `batches` of the stream appended to `<stem>.u32`, after those it holds already (count in
+    `<stem>.json`)."""
+    partial, progress_file = Path(f"{stem}.u32"), Path(f"{stem}.json")
+    n_seq = [min(opts.batch, opts.n_sequences - b * opts.batch) for b in batches]
     done_batches = 0
     if partial.exists() and progress_file.exists():
         try:
             done_batches = int(json.loads(progress_file.read_text())["batches"])
         except (OSError, ValueError, KeyError, TypeError):
             done_batches = 0
-    full_batches = min(done_batches, opts.n_batches)
+    full_batches = min(done_batches, len(batches))
     with open(partial, "ab" if full_batches else "wb") as fh:
-        fh.truncate(full_batches * opts.batch * seq_bytes)  # drops a batch half-written when interrupted
+        fh.truncate(sum(n_seq[:full_batches]) * opts.length * 4)  # drops a batch half-written when interrupted
     if full_batches:
-        say(f"teacher:{opts.n_tokens}: resuming generation after batch {full_batches} of {opts.n_batches}")
+        say(f"teacher:{opts.n_tokens}: resuming generation after batch {full_batches} of {len(batches)}")
     # on a GPU a bf16 copy writes (the cache then holds one dtype); the fp32 original stays as it is
     model = copy.deepcopy(model).to(torch.bfloat16) if device.type == "cuda" else model
     model.eval()
-    with task_progress("generating", total=opts.n_batches, enabled=progress, completed=full_batches,
+    with task_progress("generating", total=len(batches), enabled=progress, completed=full_batches,
                        unit="tokens") as advance, open(partial, "ab") as fh:
         decoders: dict[int, HFDecoder] = {}  # by batch size: only the last batch may be smaller
-        for b in range(full_batches, opts.n_batches):
-            n_seq = min(opts.batch, opts.n_sequences - b * opts.batch)
-            gen = torch.Generator(device=device).manual_seed(opts.seed * 1_000_003 + b)
-            if n_seq not in decoders:
-                decoders[n_seq] = HFDecoder(model, opts.length, opts.compile)
-            step = decoders[n_seq]
-            ids = sample_batch(model, start_id, n_seq, opts, gen, device, step)
+        for i in range(full_batches, len(batches)):
+            if n_seq[i] not in decoders:
+                decoders[n_seq[i]] = HFDecoder(model, opts.length, opts.compile)
+            gen = torch.Generator(device=device).manual_seed(opts.seed * 1_000_003 + batches[i])
+            ids = sample_batch(model, start_id, n_seq[i], opts, gen, device, decoders[n_seq[i]])
             fh.write(ids.to("cpu", torch.int64).numpy().astype(np.uint32).tobytes())
             fh.flush()
             os.fsync(fh.fileno())
-            progress_file.write_text(json.dumps({"batches": b + 1}))
-            advance(f"{(b + 1) * opts.batch * opts.length:,} tokens")
-    stream = np.fromfile(partial, dtype=np.uint32)
-    result = cache.store(key, [stream], {"source": f"teacher:{opts.n_tokens}", "options": asdict(opts)})
-    partial.unlink(missing_ok=True)
-    progress_file.unlink(missing_ok=True)
-    return result
+            progress_file.write_text(json.dumps({"batches": i + 1}))
+            advance(f"{sum(n_seq[:i + 1]) * opts.length:,} tokens")

@@ -125,6 +125,7 @@ def _recover(run: Run) -> RecoverResult:
     tok = task_type.processor_for(source)  # a tokenizer, or an image model's image processor
     cache = TokenCache(run.cache_dir) if cfg.task == "lm" else None
     ctx = Context(source, rt, cache, run.loop.progress and rt.main, run.say)
+    task_type.before_prepare(cfg, tok, run.train, run.eval, ctx)
     if not rt.main:
         rt.barrier()  # rank 0 tokenizes and generates first; the others then read its cache
     task = task_type.prepare(cfg, tok, run.train, run.eval, ctx)

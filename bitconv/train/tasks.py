@@ -209,6 +209,10 @@ class ClassifyTask:
     # -- shared by texts and images
 
     @classmethod
+    def before_prepare(cls, cfg: RecoverConfig, processor, train: list, eval_sources: list, ctx: Context) -> None:
+        """Work every process does before the first one prepares the data alone: none for classification."""
+
+    @classmethod
     def prepare(cls, cfg: RecoverConfig, processor, train: list, eval_sources: list, ctx: Context) -> "ClassifyTask":
         train_path = _single_source(train, "--train", cfg.task)
         eval_path = _single_source(eval_sources, "--eval", cfg.task)
@@ -506,13 +510,16 @@ class LMTask:
 
     # -- data
 
-    def _generated(self, spec: SourceSpec, seed: int) -> tuple[np.ndarray, str]:
+    def _generated(self, spec: SourceSpec, seed: int, together: bool = False) -> tuple[np.ndarray, str]:
+        """`together`: every process is here (before_prepare) and generates its share; else this process alone."""
         from bitconv.data.synth import SynthOptions, generate_stream, model_key
 
         opts = SynthOptions.from_spec(spec, self.cfg.seq_len, seed)
         key = model_key(self.ctx.source)
-        stream = generate_stream(self.original(), self.tokenizer, key, opts, self.ctx.cache, self.ctx.rt.device,
-                                 self.ctx.progress, self.ctx.say)
+        rt = self.ctx.rt
+        shared = dict(rank=rt.rank, world=rt.world, barrier=rt.barrier) if together else {}
+        stream = generate_stream(self.original(), self.tokenizer, key, opts, self.ctx.cache, rt.device,
+                                 self.ctx.progress, self.ctx.say, **shared)
         return stream, hashlib.sha256(f"{key}\0{opts}".encode()).hexdigest()
 
     def _stream(self, spec: SourceSpec, docs: Documents | None = None) -> tuple[np.ndarray, str]:
@@ -520,6 +527,19 @@ class LMTask:
             return self._generated(spec, self.cfg.seed)
         docs = docs or documents(spec, self.cfg.text_column)
         return token_stream(docs, self.tokenizer, self.ctx.cache, self.ctx.progress), docs.key
+
+    @classmethod
+    def before_prepare(cls, cfg: RecoverConfig, tokenizer, train: list, eval_sources: list, ctx: Context) -> None:
+        """Under torchrun every process generates its share of each teacher:N source (bitconv.data.synth), so the
+        first process, preparing the data alone afterwards, finds them in the cache."""
+        if ctx.rt.world == 1:
+            return
+        task = cls(cfg, tokenizer, ctx)
+        specs = [(parse_source(str(s)), cfg.seed) for s in train] or [(parse_source(DEFAULT_TRAIN), cfg.seed)]
+        specs += [(parse_source(str(s)), cfg.seed + 1) for s in eval_sources]  # as _eval_set samples them
+        for spec, seed in specs:
+            if spec.kind == "teacher":
+                task._generated(spec, seed, together=True)
 
     @classmethod
     def prepare(cls, cfg: RecoverConfig, tokenizer, train: list, eval_sources: list, ctx: Context) -> "LMTask":

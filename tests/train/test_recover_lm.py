@@ -142,6 +142,18 @@ def test_fsdp_refuses_a_model_it_cannot_wrap_and_a_single_process():
         recover("unused", "unused-out", config=_cfg(), device="cpu", fsdp=True)
 
 
+def _torchrun_two_cpu_processes(script: Path) -> subprocess.CompletedProcess:
+    with socket.socket() as sock:  # a free port on loopback for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(Path(bitconv.__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), str(script)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.slow
 def test_fsdp2_on_two_cpu_processes_over_gloo(llama, tmp_path):
     (tmp_path / "t.txt").write_text(FIXTURE_TEXT.read_text()[:30000])
@@ -152,20 +164,45 @@ def test_fsdp2_on_two_cpu_processes_over_gloo(llama, tmp_path):
         f"r = recover({str(llama)!r}, {str(tmp_path / 'out')!r}, train={str(tmp_path / 't.txt')!r}, config=cfg, "
         f"device='cpu', progress=False, fsdp=True, save_every=2, cache_dir={str(tmp_path / 'cache')!r})\n"
         "print('RESULT', r.metrics['converted']['perplexity'] if r.metrics else 'worker')\n")
-    with socket.socket() as sock:  # a free port on loopback for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(Path(bitconv.__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(port), str(script)], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun_two_cpu_processes(script)
     assert proc.stdout.count("RESULT worker") == 1 and proc.stdout.count("RESULT ") == 2
     record = json.loads((tmp_path / "out" / "recovery.json").read_text())
     assert record["metrics"]["batch_size"] == 4 and record["metrics"]["steps"] == 4
     state = json.loads((tmp_path / "out.ckpt" / "state" / "state.json").read_text())
     assert state["step"] == 4 and state["fingerprint"]["world_size"] == 2
     assert bitconv.load(tmp_path / "out") is not None
+
+
+@pytest.mark.slow
+def test_two_processes_generate_the_stream_one_process_would(llama, tmp_path):
+    """Under torchrun each process samples its share of the teacher:N batches (13 here, the last one short) and
+    the first joins them: the cached stream is byte for byte the single-process one, with no partial files left."""
+    from transformers import AutoTokenizer
+
+    from bitconv.data.synth import model_key
+
+    spec = "teacher:800?length=16&batch=4"
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import os\nfrom bitconv.data import synth\n"
+        "from bitconv.train.config import RecoverConfig\nfrom bitconv.train.pipeline import recover\n"
+        "calls, sample = [], synth.sample_batch\n"
+        "synth.sample_batch = lambda *a, **k: calls.append(1) or sample(*a, **k)\n"
+        "cfg = RecoverConfig(task='lm', steps=2, batch_size=2, seq_len=16, lr=3e-3, eval_tokens=64)\n"
+        f"recover({str(llama)!r}, {str(tmp_path / 'out')!r}, train=[{spec!r}], config=cfg, device='cpu', "
+        f"progress=False, cache_dir={str(tmp_path / 'cache')!r})\n"
+        "print('BATCHES', os.environ['RANK'], len(calls))\n")
+    proc = _torchrun_two_cpu_processes(script)
+    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("BATCHES")) == \
+        ["BATCHES 0 7", "BATCHES 1 6"]
+    streams = list((tmp_path / "cache").glob("*.u32"))
+    assert len(streams) == 1, streams  # the joined stream; the two processes' partial files are gone
+    tok = AutoTokenizer.from_pretrained(llama)
+    opts = SynthOptions.from_spec(parse_source(spec), seq_len=16, seed=RecoverConfig().seed)
+    assert opts.n_batches == 13
+    alone = generate_stream(tasks.LMTask(_cfg(), tok, None).load_model(str(llama)), tok, model_key(str(llama)), opts,
+                            TokenCache(tmp_path / "alone"), torch.device("cpu"), progress=False, say=lambda _: None)
+    assert np.array_equal(np.fromfile(streams[0], dtype=np.uint32), np.asarray(alone))
 
 
 def test_cli_recover_prints_every_eval_set_and_the_folder(llama, tmp_path, run_cli):
