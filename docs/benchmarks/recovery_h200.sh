@@ -8,9 +8,10 @@
 #    measured (at most MAX_TOKENS), the ablation, then the long run fitted into what is left of BUDGET_S (with
 #    `--main NAME`, no ablation: the long run's steps fitted at step 2's QAT + distillation step time).
 # EVAL_DIR holds lee-select.txt and lee-test.txt (docs/benchmarks/lee_corpus.py). Writes OUT_DIR/*.json and logs.
+# NPROC=N (default 1): step 3 runs data-parallel on N GPUs under torchrun (steps 1-2 measure one GPU).
 set -u
 MODEL=$1; EVAL=$2; OUT=$3; BUDGET=$4
-GEN_S=${GEN_S:-240}; MAX_TOKENS=${MAX_TOKENS:-48000000}
+GEN_S=${GEN_S:-240}; MAX_TOKENS=${MAX_TOKENS:-48000000}; NPROC=${NPROC:-1}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
@@ -19,7 +20,7 @@ python3 docs/benchmarks/bench_synth.py --model "$MODEL" --batch 2048 --length 51
     --json "$OUT/bench_synth.json" > "$OUT/bench.log" 2>&1
 python3 docs/benchmarks/bench_recover.py --model "$MODEL" --steps 10 --warmup 3 --compile --only plain,qat_distill \
     --json "$OUT/bench_compile.json" >> "$OUT/bench.log" 2>&1 && COMPILE=1 || COMPILE=0  # the long run compiles if this did
-read -r TOKENS GEN_COMPILE < <(python3 - "$OUT/bench_synth.json" "$GEN_S" "$MAX_TOKENS" <<'EOF'
+read -r TOKENS GEN_COMPILE < <(python3 - "$OUT/bench_synth.json" "$GEN_S" "$MAX_TOKENS" "$NPROC" <<'EOF'
 import json, sys
 try:
     rows = json.load(open(sys.argv[1]))["results"]
@@ -27,7 +28,7 @@ try:
     rate, compiled = best["tokens_per_s"], int(best["path"] == "decode_compiled")
 except (OSError, KeyError, TypeError, ValueError):
     rate, compiled = 18_000, 0  # the generic loop's measured speed (docs/benchmarks/recover.md)
-print(int(min(float(sys.argv[3]), rate * float(sys.argv[2]))), compiled)
+print(int(min(float(sys.argv[3]), rate * float(sys.argv[2]) * float(sys.argv[4]))), compiled)  # N GPUs write N x
 EOF
 )
 STEP_S=$(python3 -c 'import json, sys
@@ -38,7 +39,8 @@ except (OSError, KeyError, TypeError, ValueError, StopIteration):
 touch "$OUT/bench.done"  # other jobs sharing the GPU wait for this, so the throughput numbers are the loop's alone
 LEFT=$(( BUDGET - ($(date +%s) - T0) ))
 echo "bench_s=$(( $(date +%s) - T0 )) compile=$COMPILE teacher_tokens=$TOKENS gen_compile=$GEN_COMPILE left_s=$LEFT" >> "$OUT/bench.log"
-python3 docs/benchmarks/recovery_general.py --model "$MODEL" --select "$EVAL/lee-select.txt" \
+LAUNCH=(python3); [ "$NPROC" -gt 1 ] && LAUNCH=(python3 -m torch.distributed.run --nproc_per_node "$NPROC")
+"${LAUNCH[@]}" docs/benchmarks/recovery_general.py --model "$MODEL" --select "$EVAL/lee-select.txt" \
     --test "$EVAL/lee-test.txt" --extra tests/support/fixtures/shakespeare_200k.txt --work /tmp/runs \
     --results "$OUT/recovery_general.json" --teacher-tokens "$TOKENS?batch=2048&compile=$GEN_COMPILE" --deadline-s "$LEFT" \
     --step-s "$STEP_S" --gen-s "$GEN_S" --compile $COMPILE "${@:5}" > "$OUT/recovery.log" 2>&1
