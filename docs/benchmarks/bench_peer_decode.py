@@ -342,8 +342,10 @@ def main() -> None:
                            for label, rates in rounds.items()]
             lines += ["", "Every round (tok/s, in order):", "", *spread, ""]
     text = "\n".join(lines) + "\n"
-    if args.out:
-        args.out.write_text(text)
+    if args.out:  # through a temporary name: a file at --out is a whole report (peer_decode_device.sh skips those)
+        partial = args.out.with_name(args.out.name + ".partial")
+        partial.write_text(text)
+        partial.replace(args.out)
     print(text)
 
 

@@ -136,7 +136,8 @@ def needed(carry: Path, installed: bool) -> None:
         sys.exit(f"error: no carried wheel or installed distribution satisfies: {'; '.join(missing)}")
     if installed and to_install:
         sys.exit(f"error: still to install: {' '.join(to_install)}")
-    print("\n".join(to_install))
+    for wheel in to_install:
+        print(wheel)
 
 
 def main() -> None:
