@@ -38,7 +38,9 @@ job() {  # CARRY STATE: the steps above, in the foreground; start runs it under 
     step() { echo "== $(date -u +%H:%M:%S) $*"; }
     step "machine: $(nproc) CPUs, $(python --version), load $(cut -d' ' -f1-3 /proc/loadavg)"
     mkdir -p "$SITE"
-    mapfile -t wheels < <(python docs/benchmarks/peer_decode_carry.py needed "$carry")
+    local listed  # an assignment, so that set -e stops the job when no wheel meets a requirement
+    listed=$(python docs/benchmarks/peer_decode_carry.py needed "$carry")
+    mapfile -t wheels < <(printf '%s' "$listed" | grep .)
     step "1. wheels to install: ${#wheels[@]} ${wheels[*]##*/}"
     if ((${#wheels[@]})); then python -m pip install -q --no-index --no-deps --target "$SITE" "${wheels[@]}"; fi
     if python -c "import llama_cpp, sys; sys.exit(not llama_cpp.__file__.startswith('$SITE/'))" 2>/dev/null; then
