@@ -23,7 +23,7 @@
 # RUNS_ONLY="NAME ..." runs only those of RUNS (e.g. the first two, to leave the 8-thread extras out).
 set -euo pipefail
 # From timings on a 2-vCPU developer machine (peer_decode.md, "Cross-check on a second CPU: how to run it")
-ESTIMATE="estimate: ~18 min in all (build 3, models 2, rows 13; RUNS_ONLY without the 8-thread rows: ~15)"
+ESTIMATE="estimate: 10-18 min in all (build 1-3, models 2, rows 7-13; RUNS_ONLY without the 8-thread rows: 3 less)"
 
 usage() { echo "usage: $0 start CARRY [STATE] | poll [STATE] [DEST] | wait SECONDS [STATE] [DEST]" >&2; exit 2; }
 SITE=${SITE:-/tmp/site}
