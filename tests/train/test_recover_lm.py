@@ -155,15 +155,26 @@ def _torchrun_two_cpu_processes(script: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_fsdp2_on_two_cpu_processes_over_gloo(llama, tmp_path):
-    (tmp_path / "t.txt").write_text(FIXTURE_TEXT.read_text()[:30000])
+def test_fsdp2_on_two_cpu_processes_over_gloo_on_text_both_generated(llama, tmp_path):
+    """FSDP2 over two gloo processes, trained on teacher:N, which both processes generated: each samples its
+    share of the batches (13 here, the last one short) and the first joins them, so the cached stream is byte for
+    byte the single-process one, with no partial files left."""
+    from transformers import AutoTokenizer
+
+    from bitconv.data.synth import model_key
+
+    spec = "teacher:800?length=16&batch=4"
     script = tmp_path / "fsdp.py"
     script.write_text(
+        "import os\nfrom bitconv.data import synth\n"
         "from bitconv.train.config import RecoverConfig\nfrom bitconv.train.pipeline import recover\n"
+        "calls, sample = [], synth.sample_batch\n"
+        "synth.sample_batch = lambda *a, **k: calls.append(1) or sample(*a, **k)\n"
         "cfg = RecoverConfig(task='lm', steps=4, batch_size=2, seq_len=32, lr=3e-3, eval_tokens=600)\n"
-        f"r = recover({str(llama)!r}, {str(tmp_path / 'out')!r}, train={str(tmp_path / 't.txt')!r}, config=cfg, "
+        f"r = recover({str(llama)!r}, {str(tmp_path / 'out')!r}, train=[{spec!r}], config=cfg, "
         f"device='cpu', progress=False, fsdp=True, save_every=2, cache_dir={str(tmp_path / 'cache')!r})\n"
-        "print('RESULT', r.metrics['converted']['perplexity'] if r.metrics else 'worker')\n")
+        "print('RESULT', r.metrics['converted']['perplexity'] if r.metrics else 'worker')\n"
+        "print('BATCHES', os.environ['RANK'], len(calls))\n")
     proc = _torchrun_two_cpu_processes(script)
     assert proc.stdout.count("RESULT worker") == 1 and proc.stdout.count("RESULT ") == 2
     record = json.loads((tmp_path / "out" / "recovery.json").read_text())
@@ -171,34 +182,12 @@ def test_fsdp2_on_two_cpu_processes_over_gloo(llama, tmp_path):
     state = json.loads((tmp_path / "out.ckpt" / "state" / "state.json").read_text())
     assert state["step"] == 4 and state["fingerprint"]["world_size"] == 2
     assert bitconv.load(tmp_path / "out") is not None
-
-
-@pytest.mark.slow
-def test_two_processes_generate_the_stream_one_process_would(llama, tmp_path):
-    """Under torchrun each process samples its share of the teacher:N batches (13 here, the last one short) and
-    the first joins them: the cached stream is byte for byte the single-process one, with no partial files left."""
-    from transformers import AutoTokenizer
-
-    from bitconv.data.synth import model_key
-
-    spec = "teacher:800?length=16&batch=4"
-    script = tmp_path / "ddp.py"
-    script.write_text(
-        "import os\nfrom bitconv.data import synth\n"
-        "from bitconv.train.config import RecoverConfig\nfrom bitconv.train.pipeline import recover\n"
-        "calls, sample = [], synth.sample_batch\n"
-        "synth.sample_batch = lambda *a, **k: calls.append(1) or sample(*a, **k)\n"
-        "cfg = RecoverConfig(task='lm', steps=2, batch_size=2, seq_len=16, lr=3e-3, eval_tokens=64)\n"
-        f"recover({str(llama)!r}, {str(tmp_path / 'out')!r}, train=[{spec!r}], config=cfg, device='cpu', "
-        f"progress=False, cache_dir={str(tmp_path / 'cache')!r})\n"
-        "print('BATCHES', os.environ['RANK'], len(calls))\n")
-    proc = _torchrun_two_cpu_processes(script)
     assert sorted(line for line in proc.stdout.splitlines() if line.startswith("BATCHES")) == \
         ["BATCHES 0 7", "BATCHES 1 6"]
     streams = list((tmp_path / "cache").glob("*.u32"))
     assert len(streams) == 1, streams  # the joined stream; the two processes' partial files are gone
     tok = AutoTokenizer.from_pretrained(llama)
-    opts = SynthOptions.from_spec(parse_source(spec), seq_len=16, seed=RecoverConfig().seed)
+    opts = SynthOptions.from_spec(parse_source(spec), seq_len=32, seed=RecoverConfig().seed)
     assert opts.n_batches == 13
     alone = generate_stream(tasks.LMTask(_cfg(), tok, None).load_model(str(llama)), tok, model_key(str(llama)), opts,
                             TokenCache(tmp_path / "alone"), torch.device("cpu"), progress=False, say=lambda _: None)
