@@ -1,4 +1,5 @@
-"""`bitconv recover`: the Typer command over `bitconv.train.pipeline.recover` (no logic here)."""
+"""`bitconv recover` and `bitconv synth`: the Typer commands over `bitconv.train.pipeline.recover` and
+`bitconv.train.synthesize.synthesize` (no logic here)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,47 @@ to mix training sources in those shares.
 """
 
 
+SYNTH_HELP = """Write text the original model samples itself, the data of `recover --train teacher:N`, as JSON
+lines ({"text": ...}, one document a line), to read before training on it or to train on elsewhere.
+
+The tokens are kept in the token cache (--cache-dir): `bitconv recover MODEL --task lm --train teacher:N` with the
+same options, --seed and cache then starts without generating.
+
+Examples:
+
+  bitconv synth ./SmolLM2-135M-Instruct.Q4_1.gguf --tokens 2M --out smol-text.jsonl
+
+  torchrun --nproc_per_node 2 -m bitconv synth MODEL --tokens 50M --compile --out text.jsonl   (every GPU writes a share)
+"""
+
+
 def register(app: typer.Typer) -> None:
+    @app.command("synth", help=SYNTH_HELP)
+    def synth_command(
+        source: Annotated[str, typer.Argument(help="Causal LM: model folder, .gguf file or Hub id (full precision).")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output .jsonl file.")],
+        tokens: Annotated[str, typer.Option(help="Tokens to sample, e.g. 20M (whole sequences: a little more).")] = "20M",
+        length: Annotated[int, typer.Option(help="Tokens per sampled sequence, the start token included.")] = 512,
+        batch: Annotated[int, typer.Option(help="Sequences sampled together.")] = 1024,
+        top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0: all).")] = 50,
+        top_p: Annotated[float, typer.Option(help="... then among the fewest whose probability reaches p.")] = 0.95,
+        temperature: Annotated[float, typer.Option(help="Logits divided by this before sampling.")] = 1.0,
+        compile: Annotated[bool, typer.Option(help="Replay each decoding step as a compiled (CUDA) graph.")] = False,
+        seed: Annotated[int, typer.Option(help="Random seed (recover's teacher:N uses its --seed).")] = 0,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+        cache_dir: Annotated[Optional[Path], typer.Option(help="Token cache (default: ~/.cache/bitconv/tokens).")] = None,
+        force: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+        progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    ) -> None:
+        from bitconv.train.synthesize import synthesize
+
+        result = synthesize(source, out, tokens=tokens, length=length, batch=batch, top_k=top_k, top_p=top_p,
+                            temperature=temperature, compile=compile, seed=seed, device=device, cache_dir=cache_dir,
+                            force=force, progress=progress)
+        if result.out is not None:
+            typer.echo(f"wrote {result.out}: {result.n_documents:,} documents from {result.n_tokens:,} sampled tokens "
+                       f"(token stream cached at {result.stream})")
+
     @app.command("recover", help=HELP)
     def recover_command(
         source: Annotated[str, typer.Argument(help="Model folder, .gguf file or Hub id (full precision).")],
