@@ -32,7 +32,8 @@ MSE_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(35))
 # reductions over granularity units
 
 
-def _reduce(x: torch.Tensor, granularity: str, group_size: int | None, op: str, masked: bool = False) -> torch.Tensor:
+def reduce_units(x: torch.Tensor, granularity: str, group_size: int | None, op: str,
+                 masked: bool = False) -> torch.Tensor:
     """Reduce [out, in] over each unit -> [1], [out] or [out, n_groups]. With `masked`, NaN entries
     (the outlier positions) are left out; without it the faster unmasked reductions run."""
 
@@ -114,23 +115,23 @@ def _ternary_codes(w: torch.Tensor, scale_full: torch.Tensor) -> torch.Tensor:
 def _ternary_scale(w: torch.Tensor, abs_w: torch.Tensor, cfg_gran: str, gs: int | None, method: str,
                    masked: bool) -> torch.Tensor:
     if method == "absmean":
-        return _reduce(abs_w, cfg_gran, gs, "mean", masked)
+        return reduce_units(abs_w, cfg_gran, gs, "mean", masked)
     if method == "absmax":
-        return _reduce(abs_w, cfg_gran, gs, "max", masked)
+        return reduce_units(abs_w, cfg_gran, gs, "max", masked)
     if method == "median":
-        return _reduce(abs_w, cfg_gran, gs, "median", masked)
+        return reduce_units(abs_w, cfg_gran, gs, "median", masked)
     # mse: best multiple of absmean on a grid, then the least-squares scale for the chosen trits
-    base = _reduce(abs_w, cfg_gran, gs, "mean", masked)
+    base = reduce_units(abs_w, cfg_gran, gs, "mean", masked)
     best_err = best_scale = None
     # outlier positions (NaN) become 0: their trit is then 0 and they add nothing to <w,t>, <t,t> or the error,
     # and every candidate of a unit is averaged over the same count, so plain means compare correctly
     w0 = torch.nan_to_num(w, nan=0.0)
     for mult in MSE_GRID:
         t = _ternary_codes(w0, expand(base * mult, w.shape, cfg_gran, gs))
-        dot = _reduce(w0 * t, cfg_gran, gs, "mean")
-        tt = _reduce(t * t, cfg_gran, gs, "mean")
+        dot = reduce_units(w0 * t, cfg_gran, gs, "mean")
+        tt = reduce_units(t * t, cfg_gran, gs, "mean")
         fitted = torch.where(tt > 0, dot / torch.where(tt > 0, tt, torch.ones_like(tt)), torch.zeros_like(tt))
-        err = _reduce((w0 - expand(fitted, w.shape, cfg_gran, gs) * t) ** 2, cfg_gran, gs, "mean")
+        err = reduce_units((w0 - expand(fitted, w.shape, cfg_gran, gs) * t) ** 2, cfg_gran, gs, "mean")
         if best_err is None:
             best_err, best_scale = err, fitted
         else:
@@ -197,16 +198,16 @@ def quantize(weight: torch.Tensor, cfg: QuantConfig, scheme: str | None = None, 
         if k:
             codes.view(-1)[idx] = 0
     elif scheme == "binary":
-        scale = _reduce(abs_w, gran, gs, "mean", masked)
+        scale = reduce_units(abs_w, gran, gs, "mean", masked)
         codes = torch.where(w >= 0, 1.0, -1.0)
     elif scheme == "int8":
-        scale = _reduce(abs_w, gran, gs, "max", masked) / 127.0
+        scale = reduce_units(abs_w, gran, gs, "max", masked) / 127.0
         full = expand(scale, w.shape, gran, gs)
         codes = torch.clamp(torch.round(w / torch.where(full > 0, full, torch.ones_like(full))), -127, 127)
     else:
         levels = (1 << (4 if scheme == "uint4" else 2)) - 1
-        lo = torch.clamp(_reduce(w_for_scale, gran, gs, "min", masked), max=0.0)
-        hi = torch.clamp(_reduce(w_for_scale, gran, gs, "max", masked), min=0.0)
+        lo = torch.clamp(reduce_units(w_for_scale, gran, gs, "min", masked), max=0.0)
+        hi = torch.clamp(reduce_units(w_for_scale, gran, gs, "max", masked), min=0.0)
         scale = (hi - lo) / levels
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero = torch.clamp(torch.round(-lo / safe), 0, levels)

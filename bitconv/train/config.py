@@ -53,6 +53,7 @@ class RecoverConfig:
     augment: int | None = None  # classify + distill: teacher-labelled edited variants per training text
     # quantization schedule
     quant_warmup_steps: int = 0  # blend w = (1 - lam) w + lam q(w), lam 0 -> 1 over these steps
+    learn_scales: bool = False  # ternary: train each unit's scale (LSQ) instead of recomputing its absmean
     progressive: tuple[float, ...] = ()  # bits trained before the target, e.g. (8, 4, 2)
     phase_steps: int = 0  # steps per progressive phase
     # optimisation
@@ -116,6 +117,10 @@ class RecoverConfig:
             raise OptionError("--batch-size, --steps and --epochs must be positive")
         if not 0 < self.eval_fraction < 1:
             raise OptionError(f"--eval-fraction {self.eval_fraction}: must be between 0 and 1")
+        if self.learn_scales and (self.quant.scheme != "ternary" or self.quant.scale_method != "absmean"
+                                  or self.quant.keep_outliers > 0 or self.super_weights or prog):
+            raise OptionError("--learn-scales trains ternary absmean scales: use it with --bits 1.58 and --scale "
+                              "absmean, without --keep-outliers, --super-weights or --progressive")
         if self.seq_len < 2 or self.max_length < 2:
             raise OptionError("--seq-len and --max-length must be at least 2 tokens")
 

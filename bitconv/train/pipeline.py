@@ -60,6 +60,9 @@ def recover(source: str, out: str | Path, *, train: Sources = None, eval: Source
         if fsdp and rt.world == 1:
             raise OptionError("--fsdp shards the model over several processes: start them with torchrun "
                               "--nproc_per_node N")
+        if fsdp and run.cfg.learn_scales:
+            raise OptionError("--learn-scales is not available with --fsdp (the scales are baked into whole "
+                              "weights); leave one of them out")
         return _recover(run)
     finally:
         stop_runtime(rt)
@@ -169,7 +172,7 @@ def _recover(run: Run) -> RecoverResult:
         metrics["super_weights"] = [f.to_dict() for f in found]
         with sw.zeroed(model, found):  # what they carry: the fp model with them set to zero
             metrics["fp_without_super_weights"] = evaluate(model)
-    attached = qat.attach(model, names, qcfg, outliers)
+    attached = qat.attach(model, names, qcfg, outliers, learn_scales=cfg.learn_scales)
     metrics["n_quantized_tensors"] = len(names)
     metrics["before"] = evaluate(model)
     total = steps_for(cfg, task.n_items, rt.world)

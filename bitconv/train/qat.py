@@ -8,10 +8,18 @@ w_eff = (1 - lam) * w + lam * q(w), lam held in a 0-d buffer so that changing it
 Parameter names and the state dict stay the plain model's; `detach` restores the original classes, leaving a
 plain transformers model whose weights are the latent ones, so `save_pretrained` + `bitconv.convert`
 reproduce exactly what the last training step saw (at lam = 1).
+
+Learned scales (`attach(..., learn_scales=True)`, ternary absmean only): each unit of the granularity gets a trained
+scale s = exp(`bitconv_log_scale`), initialised to its absmean; the forward pass uses s * clamp(round(w / s), -1, 1),
+the weight keeps its identity gradient and s gets LSQ's (Esser et al. 2020): round(w/s) - w/s where the rounding
+is passed through (|w/s| < 1.5), the clamped sign outside, scaled by 1/sqrt(weights per unit). The packed format
+is unchanged: `detach` writes latent weights c * s / f (c the codes, f the share of non-zero codes in the unit),
+whose absmean is s and whose codes are c, so `convert` stores exactly the learned scale and codes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +29,7 @@ from torch import nn
 from bitconv.errors import InternalError, TrainingError
 from bitconv.quantize.config import QuantConfig
 from bitconv.quantize.kinds import CONV1D, module_kind
-from bitconv.quantize.schemes import fake_quantize, quantize_activations_int8
+from bitconv.quantize.schemes import expand, fake_quantize, quantize_activations_int8, reduce_units
 
 
 class _FakeQuantMixin:
@@ -33,18 +41,45 @@ class _FakeQuantMixin:
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         return quantize_activations_int8(x) if self.bitconv_act_int8 else x
 
+    def _quantized(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight [out, in] this forward computes with."""
+        log_scale = getattr(self, "bitconv_log_scale", None)
+        if log_scale is None:
+            return fake_quantize(w, self.bitconv_cfg, self.bitconv_outlier_idx, self.bitconv_blend)
+        cfg = self.bitconv_cfg
+        scale = expand(log_scale.exp(), tuple(w.shape), cfg.granularity, cfg.group_size)
+        return _LearnedScale.apply(w, scale, self.bitconv_blend, self.bitconv_grad_scale)
+
+
+class _LearnedScale(torch.autograd.Function):
+    """blend * s * clamp(round(w / s), -1, 1) + (1 - blend) * w; gradients as the module docstring says."""
+
+    @staticmethod
+    def forward(ctx, w, scale, blend, grad_scale):  # noqa: D401 - torch API
+        ctx.save_for_backward(w, scale, blend)
+        ctx.grad_scale = grad_scale
+        q = (w.detach() / scale).round().clamp(-1, 1) * scale
+        return torch.lerp(w.detach(), q.to(w.dtype), blend)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w, scale, blend = ctx.saved_tensors
+        t = w.float() / scale
+        codes = t.round().clamp(-1, 1)
+        d_scale = grad.float() * torch.where(t.abs() < 1.5, codes - t, codes) * (blend * ctx.grad_scale)
+        return grad, d_scale.sum_to_size(scale.shape), None, None
+
 
 class _FakeQuantLinear(_FakeQuantMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = fake_quantize(self.weight, self.bitconv_cfg, self.bitconv_outlier_idx, self.bitconv_blend)
-        return F.linear(self._inputs(x), w, self.bias)
+        return F.linear(self._inputs(x), self._quantized(self.weight), self.bias)
 
 
 class _FakeQuantConv1D(_FakeQuantMixin):
     """GPT-2's Conv1D stores [in, out]; the quantizer sees [out, in] as `convert` does."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = fake_quantize(self.weight.t(), self.bitconv_cfg, self.bitconv_outlier_idx, self.bitconv_blend).t()
+        w = self._quantized(self.weight.t()).t()
         x = self._inputs(x)
         out = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), w)
         return out.reshape(*x.shape[:-1], w.shape[-1])
@@ -74,8 +109,9 @@ class QuantizedModule:
 
 
 def attach(model: nn.Module, weight_names: set[str], cfg: QuantConfig,
-           outliers: dict[str, torch.Tensor] | None = None) -> list[QuantizedModule]:
-    """Fake-quantize the weights named in `weight_names` (e.g. 'bert.encoder.layer.0.output.dense.weight')."""
+           outliers: dict[str, torch.Tensor] | None = None, learn_scales: bool = False) -> list[QuantizedModule]:
+    """Fake-quantize the weights named in `weight_names` (e.g. 'bert.encoder.layer.0.output.dense.weight'); with
+    `learn_scales`, with a trained scale per unit (ternary absmean without outliers: RecoverConfig checks)."""
     outliers = outliers or {}
     attached = []
     modules = dict(model.named_modules())
@@ -94,6 +130,11 @@ def attach(model: nn.Module, weight_names: set[str], cfg: QuantConfig,
         module.bitconv_cfg = cfg
         module.bitconv_act_int8 = cfg.activations == "int8"
         module.__class__ = _twin(type(module))
+        if learn_scales:
+            w = _as_out_in(module).detach().float()
+            absmean = reduce_units(w.abs(), cfg.granularity, cfg.group_size, "mean")
+            module.bitconv_log_scale = nn.Parameter(absmean.clamp(min=1e-12).log())
+            module.bitconv_grad_scale = 1.0 / math.sqrt(w.numel() / absmean.numel())
         attached.append(QuantizedModule(mod_name, module))
     return attached
 
@@ -106,10 +147,32 @@ def set_quantization(attached: list[QuantizedModule], cfg: QuantConfig, blend: f
         q.module.bitconv_blend.fill_(float(blend))
 
 
+def _as_out_in(module: nn.Module) -> torch.Tensor:
+    """The weight as the quantizer sees it, [out, in] (a view: GPT-2's Conv1D stores [in, out])."""
+    return module.weight.t() if isinstance(module, _FakeQuantConv1D) else module.weight
+
+
+def _bake_learned_scale(module: nn.Module) -> None:
+    """Latent weights c * s / f (see the module docstring) in place of the trained ones; the scale parameter goes."""
+    cfg = module.bitconv_cfg
+    with torch.no_grad():
+        w = _as_out_in(module)
+        scale = module.bitconv_log_scale.exp()
+        full = expand(scale, tuple(w.shape), cfg.granularity, cfg.group_size)
+        codes = (w.float() / full).round().clamp(-1, 1)
+        nonzero = reduce_units(codes.abs(), cfg.granularity, cfg.group_size, "mean")
+        per_code = torch.where(nonzero > 0, scale / nonzero.clamp(min=1e-12), torch.zeros_like(scale))
+        w.copy_((codes * expand(per_code, tuple(w.shape), cfg.granularity, cfg.group_size)).to(w.dtype))
+    del module.bitconv_log_scale, module.bitconv_grad_scale
+
+
 def detach(model: nn.Module, attached: list[QuantizedModule]) -> None:
-    """Restore the original module classes, leaving the latent weights in place as plain parameters."""
+    """Restore the original module classes, leaving the latent weights in place as plain parameters (learned
+    scales baked into them)."""
     for q in attached:
         m = q.module
+        if hasattr(m, "bitconv_log_scale"):
+            _bake_learned_scale(m)
         m.__class__ = m.bitconv_original_class
         for buffer in ("bitconv_blend", "bitconv_outlier_idx"):
             del m._buffers[buffer]

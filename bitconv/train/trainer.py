@@ -110,9 +110,14 @@ def train_model(model: nn.Module, task, *, cfg: RecoverConfig, rt: Runtime, tota
         from torch.nn.parallel import DistributedDataParallel
 
         step_fn = DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    scales = [p for n, p in named if n.endswith("bitconv_log_scale")]  # learned scales (qat): never decayed
+    groups = [{"params": [p for n, p in named if not n.endswith("bitconv_log_scale")]}]
+    if scales:
+        groups.append({"params": scales, "weight_decay": 0.0})
     fused = device.type == "cuda" and not loop.sharded
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused or None)
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay, fused=fused or None)
     state = TrainState()
     if resume is not None:
         if loop.sharded:

@@ -28,12 +28,13 @@ from bitconv.train.config import RecoverConfig
 from bitconv.train.pipeline import recover
 
 # what the ablation tries (docs/recovery.md): the loss (KL only vs KL + next-token CE), temperature, learning rate,
-# and per-output-channel scales instead of one per tensor
+# per-output-channel scales instead of one per tensor, and learned scales
 CANDIDATES = {
     "kd_mixed_T2": dict(distill_weight=0.5, temperature=2.0, lr=1e-3),
     "kd_only_T1": dict(distill_weight=1.0, temperature=1.0, lr=1e-3),
     "kd_only_T1_channel": dict(distill_weight=1.0, temperature=1.0, lr=1e-3, granularity="channel"),
     "kd_only_T1_lr3e-4": dict(distill_weight=1.0, temperature=1.0, lr=3e-4),
+    "kd_only_T1_learned": dict(distill_weight=1.0, temperature=1.0, lr=1e-3, learn_scales=True),
 }
 
 
@@ -41,7 +42,7 @@ def as_command(model: str, train: str, evals: list[str], out: str, opts: dict, s
     launch = "bitconv recover" if world == 1 else f"torchrun --nproc_per_node {world} $(which bitconv) recover"
     parts = [launch, model, "--task lm", f"--train {train}", *[f"--eval {e}" for e in evals],
              f"--steps {steps}"]
-    parts += [f"--{k.replace('_', '-')} {v}" for k, v in sorted(opts.items())]
+    parts += [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in sorted(opts.items())]
     return " ".join(parts + [f"--out {out}"])
 
 

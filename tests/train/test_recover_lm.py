@@ -18,7 +18,8 @@ import bitconv
 from bitconv.data.sources import parse_source
 from bitconv.data.synth import SynthOptions, generate_stream
 from bitconv.data.tokens import TokenCache
-from bitconv.errors import BitconvError
+from bitconv.errors import BitconvError, OptionError
+from bitconv.quantize.config import QuantConfig
 from bitconv.train import tasks
 from bitconv.train.config import RecoverConfig
 from bitconv.train.pipeline import recover
@@ -108,6 +109,35 @@ def test_sources_mix_and_every_eval_set_is_reported(llama, tmp_path):
     again = evaluate_model(str(tmp_path / "out"), config, progress=False)
     assert again["metrics"]["perplexity"] == pytest.approx(r.metrics["converted"]["sets"][str(tmp_path / "held.txt")]
                                                            ["perplexity"], rel=1e-6)
+
+
+def test_learned_scales_train_and_the_folder_computes_what_training_computed(llama, tmp_path):
+    """--learn-scales: the converted folder (the learned scales and codes baked into absmean-reproducible latent
+    weights) scores what the fake-quantized model scored after training, and its scales are not the absmeans."""
+    from safetensors.numpy import load_file
+
+    (tmp_path / "t.txt").write_text(FIXTURE_TEXT.read_text()[:20000])
+    runs = {}
+    for learn in (False, True):
+        runs[learn] = recover(str(llama), tmp_path / f"out-{learn}", train=str(tmp_path / "t.txt"),
+                              config=_cfg(learn_scales=learn, lr=1e-2), device="cpu", progress=False,
+                              cache_dir=tmp_path / "cache", say=lambda _: None)
+    r = runs[True]
+    assert r.metrics["converted"]["perplexity"] == pytest.approx(r.metrics["after"]["perplexity"], rel=1e-4)
+    assert json.loads((tmp_path / "out-True" / "recovery.json").read_text())["recipe"]["learn_scales"] is True
+    scales = {}
+    for learn in (False, True):
+        tensors = load_file(tmp_path / f"out-{learn}" / "model.safetensors")
+        scales[learn] = {k: v for k, v in tensors.items() if k.endswith("scale")}
+    assert scales[True].keys() == scales[False].keys() and any(
+        not np.allclose(scales[True][k], scales[False][k], rtol=1e-4) for k in scales[True])
+
+
+@pytest.mark.parametrize("options", [dict(quant=QuantConfig.for_bits(4)), dict(quant=QuantConfig.for_bits(1.58, scale_method="mse")),
+                                     dict(super_weights=2), dict(progressive=(8,), phase_steps=1)])
+def test_learned_scales_refuse_what_they_cannot_train(options):
+    with pytest.raises(OptionError, match=r"^--learn-scales trains ternary absmean scales"):
+        _cfg(learn_scales=True, **options)
 
 
 @pytest.mark.parametrize("train,pattern", [
