@@ -518,8 +518,10 @@ class LMTask:
         key = model_key(self.ctx.source)
         rt = self.ctx.rt
         shared = dict(rank=rt.rank, world=rt.world, barrier=rt.barrier) if together else {}
+        # under torchrun, before_prepare has said where the stream came from already
+        say = self.ctx.say if together or rt.world == 1 else (lambda text: None)
         stream = generate_stream(self.original(), self.tokenizer, key, opts, self.ctx.cache, rt.device,
-                                 self.ctx.progress, self.ctx.say, **shared)
+                                 self.ctx.progress, say, **shared)
         return stream, hashlib.sha256(f"{key}\0{opts}".encode()).hexdigest()
 
     def _stream(self, spec: SourceSpec, docs: Documents | None = None) -> tuple[np.ndarray, str]:

@@ -133,6 +133,33 @@ def test_learned_scales_train_and_the_folder_computes_what_training_computed(lla
         not np.allclose(scales[True][k], scales[False][k], rtol=1e-4) for k in scales[True])
 
 
+def test_learned_scales_resume_to_the_same_bytes(llama, tmp_path, monkeypatch):
+    """The scales are parameters like the weights: checkpointed with the optimizer's moments and resumed exactly."""
+    (tmp_path / "t.txt").write_text(FIXTURE_TEXT.read_text()[:20000])
+    cfg = _cfg(learn_scales=True, steps=6)
+
+    def run(out: str, **kw) -> None:
+        recover(str(llama), tmp_path / out, train=str(tmp_path / "t.txt"), config=cfg, device="cpu", progress=False,
+                cache_dir=tmp_path / "cache", save_every=3, say=lambda _: None, **kw)
+
+    run("full")
+    real, calls = tasks.LMLoss.forward, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.LMLoss, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run("resumed")
+    monkeypatch.setattr(tasks.LMLoss, "forward", real)
+    run("resumed", resume=True)
+    assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == \
+        (tmp_path / "full" / "model.safetensors").read_bytes()
+
+
 @pytest.mark.parametrize("options", [dict(quant=QuantConfig.for_bits(4)), dict(quant=QuantConfig.for_bits(1.58, scale_method="mse")),
                                      dict(super_weights=2), dict(progressive=(8,), phase_steps=1)])
 def test_learned_scales_refuse_what_they_cannot_train(options):
