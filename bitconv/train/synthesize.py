@@ -50,7 +50,7 @@ def synthesize(source: str, out: str | Path, *, tokens: str = "20M", length: int
     say = say or (lambda text: print(text, file=sys.stderr))
     spec = (f"teacher:{tokens}?length={length}&batch={batch}&top_k={top_k}&top_p={top_p}&temperature={temperature}"
             f"&compile={int(compile)}")
-    opts = SynthOptions.from_spec(parse_source(spec), seq_len=2, seed=seed)  # every check before any work
+    opts = SynthOptions.from_spec(parse_source(spec), seq_len=1, seed=seed)  # every check before any work
     local = Path(source).expanduser()
     out = check_output(out, force=force, inputs=[local] if local.exists() else [], kind="file")
     cache = TokenCache(cache_dir)
