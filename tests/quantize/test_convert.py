@@ -11,6 +11,7 @@ import bitconv
 from bitconv.errors import BitconvError
 from bitconv.format.vocab import category_of
 from bitconv.quantize.config import QuantConfig, parse_size
+from support.interrupt import interrupted_at_call
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -174,17 +175,7 @@ def test_all_zero_tensor_and_odd_widths_convert(tmp_path):
 def test_interrupt_leaves_no_output(tiny_gpt2, tmp_path, monkeypatch):
     import bitconv.quantize.convert as conv
 
-    calls = {"n": 0}
-    real = conv.quantize
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(conv, "quantize", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_call(monkeypatch, conv, "quantize", 3):
         bitconv.convert(tiny_gpt2, tmp_path / "out", progress=False)
     assert list(tmp_path.iterdir()) == []
 

@@ -20,6 +20,7 @@ from bitconv.quantize.config import QuantConfig
 from bitconv.train import checkpoints, losses, tasks
 from bitconv.train.config import RecoverConfig
 from bitconv.train.pipeline import recover
+from support.interrupt import interrupted_at_call
 
 WORDS = ["the", "movie", "was", "is", "not", "good", "great", "fun", "bad", "awful", "boring", "plot", "actors"]
 POSITIVE, NEGATIVE = ["good", "great", "fun"], ["bad", "awful", "boring"]
@@ -234,20 +235,9 @@ def test_same_seed_same_bytes_on_cpu(bert_dir, sentiment, tmp_path):
 
 def test_resume_continues_to_the_same_result(bert_dir, sentiment, tmp_path, monkeypatch):
     _classify(bert_dir, sentiment, tmp_path / "full")
-    real = tasks.ClassifyLoss.forward
-    calls = {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 7:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tasks.ClassifyLoss, "forward", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_call(monkeypatch, tasks.ClassifyLoss, "forward", 8):
         _classify(bert_dir, sentiment, tmp_path / "resumed", save_every=5)
     assert _saved_step(tmp_path / "resumed.ckpt") == 5
-    monkeypatch.setattr(tasks.ClassifyLoss, "forward", real)
     with pytest.raises(BitconvError, match="pass --resume"):
         _classify(bert_dir, sentiment, tmp_path / "resumed", save_every=5)
     with pytest.raises(BitconvError, match=r"different configuration \(differs in: lr\)"):

@@ -23,6 +23,7 @@ from bitconv.quantize.config import QuantConfig
 from bitconv.train import tasks
 from bitconv.train.config import RecoverConfig
 from bitconv.train.pipeline import recover
+from support.interrupt import interrupted_at_call
 from support.paths import FIXTURE_TEXT
 
 SMALL_TEACHER = "teacher:3k?length=32&batch=16"
@@ -55,7 +56,7 @@ def test_without_train_the_model_writes_its_own_text_and_says_so(llama, tmp_path
     assert record["recipe"]["distill"] is True and record["recipe"]["precision"] == "bf16"  # the lm defaults
 
 
-def test_generation_is_deterministic_cached_and_resumes_after_an_interruption(llama, tmp_path):
+def test_generation_is_deterministic_cached_and_resumes_after_an_interruption(llama, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(llama)
@@ -66,21 +67,9 @@ def test_generation_is_deterministic_cached_and_resumes_after_an_interruption(ll
     full = np.asarray(generate_stream(model, tok, "k", opts, TokenCache(tmp_path / "a"), cpu, progress=False,
                                       say=lambda _: None))
     assert full.size == 13 * 16 and (full.reshape(13, 16)[:, 0] == tok.bos_token_id).all()
-    calls = {"n": 0}
-    real = torch.multinomial
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 2 * 15 + 3:  # two batches of 15 sampled tokens, then part of the third
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    torch.multinomial = interrupted
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            generate_stream(model, tok, "k", opts, TokenCache(tmp_path / "b"), cpu, progress=False, say=lambda _: None)
-    finally:
-        torch.multinomial = real
+    # two batches of 15 sampled tokens, then part of the third
+    with interrupted_at_call(monkeypatch, torch, "multinomial", 2 * 15 + 4):
+        generate_stream(model, tok, "k", opts, TokenCache(tmp_path / "b"), cpu, progress=False, say=lambda _: None)
     said = []
     resumed = generate_stream(model, tok, "k", opts, TokenCache(tmp_path / "b"), cpu, progress=False, say=said.append)
     assert said == ["teacher:200: resuming generation after batch 2 of 4"]
@@ -143,18 +132,8 @@ def test_learned_scales_resume_to_the_same_bytes(llama, tmp_path, monkeypatch):
                 cache_dir=tmp_path / "cache", save_every=3, say=lambda _: None, **kw)
 
     run("full")
-    real, calls = tasks.LMLoss.forward, {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tasks.LMLoss, "forward", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_call(monkeypatch, tasks.LMLoss, "forward", 5):
         run("resumed")
-    monkeypatch.setattr(tasks.LMLoss, "forward", real)
     run("resumed", resume=True)
     assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == \
         (tmp_path / "full" / "model.safetensors").read_bytes()
