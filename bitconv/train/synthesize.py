@@ -71,7 +71,7 @@ def synthesize(source: str, out: str | Path, *, tokens: str = "20M", length: int
 
 def write_documents(sequences: np.ndarray, tokenizer, out: Path) -> int:
     """Sequences [n, length] (start token first) as JSON lines of text, cut at the end-of-sequence token."""
-    from bitconv.format.atomic import staged_file
+    from bitconv.format.atomic import write_text_atomic
 
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no end-of-sequence token to cut generated documents at")
@@ -87,6 +87,5 @@ def write_documents(sequences: np.ndarray, tokenizer, out: Path) -> int:
              if text.strip()]
     if not texts:
         raise DataError(f"{out}: the model wrote no text (only special tokens); nothing was written")
-    with staged_file(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in texts)
+    write_text_atomic(out, "".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in texts))
     return len(texts)
