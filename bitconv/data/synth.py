@@ -7,7 +7,8 @@ next one by sampling, on the GPU in large batches with a preallocated key/value 
 
 Sampling, as transformers' `generate` does it: logits / temperature (1), the top_k (50) most likely tokens, then
 within those the smallest set whose probability reaches top_p (0.95); top_k=0 considers the whole vocabulary.
-Options: `teacher:N?length=512&batch=1024&top_k=50&top_p=0.95&temperature=1&compile=0`; `compile=1` replays each
+Options: `teacher:N?length=512&batch=1024&top_k=50&top_p=0.95&temperature=1&compile=0` (batch 16 off a GPU:
+`default_batch`); `compile=1` replays each
 decoding step as a compiled (on a GPU: CUDA) graph (bitconv.data.decode), which may change low-order bits of the
 logits and so the sampled text: it is part of the cache key.
 
@@ -56,12 +57,13 @@ class SynthOptions:
     compile: bool = False  # decode through torch.compile (bitconv.data.decode.HFDecoder)
 
     @classmethod
-    def from_spec(cls, spec: SourceSpec, seq_len: int, seed: int) -> "SynthOptions":
-        """teacher:N[?length=..&batch=..&top_k=..&top_p=..&temperature=..], checked against one training block."""
+    def from_spec(cls, spec: SourceSpec, seq_len: int, seed: int, default_batch: int = 1024) -> "SynthOptions":
+        """teacher:N[?length=..&batch=..&top_k=..&top_p=..&temperature=..], checked against one training block;
+        `default_batch` when the spec gives none (`default_batch(device)`)."""
         n = parse_count(spec.target, spec.text)
         o = spec.options
         try:
-            opts = cls(n, int(o.get("length", 512)), int(o.get("batch", 1024)), int(o.get("top_k", 50)),
+            opts = cls(n, int(o.get("length", 512)), int(o.get("batch", default_batch)), int(o.get("top_k", 50)),
                        float(o.get("top_p", 0.95)), float(o.get("temperature", 1.0)), seed,
                        {"0": False, "1": True}[o.get("compile", "0")])
         except (ValueError, KeyError):
@@ -84,6 +86,12 @@ class SynthOptions:
     @property
     def n_batches(self) -> int:
         return math.ceil(self.n_sequences / self.batch)
+
+
+def default_batch(device: torch.device) -> int:
+    """Sequences sampled together when teacher:N names no batch: 1024 on a GPU; 16 elsewhere, since the key/value
+    cache grows with the batch (SmolLM2-135M in fp32 at 1024 sequences of 512 tokens: 22.5 GiB)."""
+    return 1024 if device.type == "cuda" else 16
 
 
 def model_key(source: str) -> str:

@@ -31,26 +31,28 @@ class SynthResult:
     stream: Path | None = None  # the cached token stream
 
 
-def synthesize(source: str, out: str | Path, *, tokens: str = "20M", length: int = 512, batch: int = 1024,
+def synthesize(source: str, out: str | Path, *, tokens: str = "20M", length: int = 512, batch: int | None = None,
                top_k: int = 50, top_p: float = 0.95, temperature: float = 1.0, compile: bool = False, seed: int = 0,
                device: str = "auto", cache_dir: str | Path | None = None, force: bool = False, progress: bool = True,
                say: Callable[[str], None] | None = None) -> SynthResult:
-    """Sample `tokens` tokens from the model `source` (teacher:N's sampler and options) and write them to `out` as
-    JSON lines of text."""
+    """Sample `tokens` tokens from the model `source` (teacher:N's sampler and options; `batch` None: 1024 on a GPU,
+    16 elsewhere) and write them to `out` as JSON lines of text."""
     from transformers import AutoModelForCausalLM
 
     from bitconv.data.sources import parse_source
-    from bitconv.data.synth import SynthOptions, generate_stream, model_key
+    from bitconv.data.synth import SynthOptions, default_batch, generate_stream, model_key
     from bitconv.data.tokens import TokenCache
+    from bitconv.device import pick_device
     from bitconv.format.atomic import check_output
     from bitconv.quantize.source import load_original
     from bitconv.train.runtime import start_runtime, stop_runtime
     from bitconv.train.tasks import tokenizer_for
 
     say = say or (lambda text: print(text, file=sys.stderr))
-    spec = (f"teacher:{tokens}?length={length}&batch={batch}&top_k={top_k}&top_p={top_p}&temperature={temperature}"
-            f"&compile={int(compile)}")
-    opts = SynthOptions.from_spec(parse_source(spec), seq_len=1, seed=seed)  # every check before any work
+    spec = (f"teacher:{tokens}?length={length}&top_k={top_k}&top_p={top_p}&temperature={temperature}"
+            f"&compile={int(compile)}" + (f"&batch={batch}" if batch is not None else ""))
+    # every check before any work; the batch as recover's teacher:N takes it on this device
+    opts = SynthOptions.from_spec(parse_source(spec), 1, seed, default_batch(pick_device(device)))
     local = Path(source).expanduser()
     out = check_output(out, force=force, inputs=[local] if local.exists() else [], kind="file")
     cache = TokenCache(cache_dir)

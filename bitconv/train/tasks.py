@@ -512,11 +512,11 @@ class LMTask:
 
     def _generated(self, spec: SourceSpec, seed: int, together: bool = False) -> tuple[np.ndarray, str]:
         """`together`: every process is here (before_prepare) and generates its share; else this process alone."""
-        from bitconv.data.synth import SynthOptions, generate_stream, model_key
+        from bitconv.data.synth import SynthOptions, default_batch, generate_stream, model_key
 
-        opts = SynthOptions.from_spec(spec, self.cfg.seq_len, seed)
-        key = model_key(self.ctx.source)
         rt = self.ctx.rt
+        opts = SynthOptions.from_spec(spec, self.cfg.seq_len, seed, default_batch(rt.device))
+        key = model_key(self.ctx.source)
         shared = dict(rank=rt.rank, world=rt.world, barrier=rt.barrier) if together else {}
         # under torchrun, before_prepare has said where the stream came from already
         say = self.ctx.say if together or rt.world == 1 else (lambda text: None)

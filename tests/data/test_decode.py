@@ -117,3 +117,13 @@ def test_compile_is_an_option_of_the_generated_stream():
     spec = parse_source("teacher:1k?compile=1")
     assert SynthOptions.from_spec(spec, seq_len=16, seed=0).compile
     assert not SynthOptions.from_spec(parse_source("teacher:1k"), seq_len=16, seed=0).compile
+
+
+def test_the_default_batch_fits_the_device():
+    """1024 sequences on a GPU; 16 on the CPU, where SmolLM2's fp32 cache for 1024 x 512 tokens is 22.5 GiB; a batch
+    the spec names wins."""
+    from bitconv.data.synth import default_batch
+
+    assert default_batch(torch.device("cpu")) == 16 and default_batch(torch.device("cuda", 0)) == 1024
+    assert SynthOptions.from_spec(parse_source("teacher:1k"), seq_len=16, seed=0, default_batch=16).batch == 16
+    assert SynthOptions.from_spec(parse_source("teacher:1k?batch=8"), seq_len=16, seed=0, default_batch=16).batch == 8
