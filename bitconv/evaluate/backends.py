@@ -151,6 +151,9 @@ def _torch_forward(model: torch.nn.Module, kind: str) -> Callable[[torch.Tensor,
     def forward(inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if kind == IMAGE_CLASSIFICATION:
             return model(pixel_values=inputs).logits
+        if kind == CAUSAL_LM:  # scoring needs no key/value cache: building one costs memory, and it recompiles the
+            # blocks `recover --compile` compiled (one graph per layer's cache state, past torch's limit)
+            return model(input_ids=inputs, attention_mask=attention_mask, use_cache=False).logits
         return model(input_ids=inputs, attention_mask=attention_mask).logits
 
     return forward

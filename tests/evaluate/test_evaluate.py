@@ -95,6 +95,18 @@ def test_one_window_is_the_whole_sequence_cross_entropy(llama, text_file):
     assert got["mean_nll_nats"] == pytest.approx(loss, rel=1e-5)
 
 
+def test_scoring_a_causal_lm_builds_no_key_value_cache(llama, text_file):
+    # a cache costs memory, and recompiles the blocks `recover --compile` compiled once per layer's cache state
+    backend = open_backend(llama)
+    outputs = []
+    hook = backend.module.register_forward_hook(lambda module, args, output: outputs.append(output))
+    try:
+        perplexity(backend, text_slice(text_file), context=32, max_tokens=100, progress=False)
+    finally:
+        hook.remove()
+    assert outputs and all(out.past_key_values is None for out in outputs)
+
+
 def test_bits_per_byte_divides_by_utf8_bytes_of_the_scored_text(llama, tmp_path):
     path = tmp_path / "utf8.txt"
     path.write_text("naïve café\n" * 10, encoding="utf-8")  # two-byte characters: bytes != characters
