@@ -319,6 +319,8 @@ def main() -> None:
              f"- Command: `PYTHONPATH=$PWD python docs/benchmarks/bench_peer_decode.py {' '.join(sys.argv[1:])}`",
              f"- Machine (lscpu): {machine()}",
              f"- Software: onnxruntime {onnxruntime.__version__}, llama-cpp-python {llama_cpp.__version__}",
+             # a llama.cpp built without the CPU's SIMD (GGML_NATIVE off, no flags) would be a weak peer: say which
+             f"- llama.cpp build: {llama_cpp.llama_print_system_info().decode().strip().rstrip('|').strip()}",
              f"- Date: {started:%Y-%m-%d %H:%M} UTC (start of the run)",
              f"- Greedy decoding, {PROMPT_LENGTH}-token prompt then {args.tokens} timed tokens; median of "
              f"{args.rounds} interleaved rounds; ratios of medians from the same rounds; load average 1 / 5 / 15 "

@@ -45,9 +45,19 @@ job() {  # CARRY STATE: the steps above
         step "2. llama-cpp-python already in $SITE"
     else
         step "2. building llama-cpp-python from $sdist"
-        CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) python3 -m pip install --no-index --no-build-isolation --no-deps --target "$SITE" "$sdist"
+        # GGML_NATIVE on, said outright: ggml turns it off when SOURCE_DATE_EPOCH is set, and a llama.cpp without
+        # the CPU's SIMD would be a weak peer (the report's "llama.cpp build" line lists what it was built with)
+        CMAKE_ARGS="-DGGML_NATIVE=ON ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) python3 -m pip install --no-index --no-build-isolation --no-deps --target "$SITE" "$sdist"
     fi
     python3 docs/benchmarks/peer_decode_carry.py needed "$carry" --installed
+    # On the H200 machine (2026-12-01: g++ 13.3, cmake 4.4.3 and scikit-build-core 1.1.0 from its torch venv) the
+    # built libllama.so does not list libstdc++ as needed, and loading any model crashed (SIGSEGV in print_info's
+    # std::string code, since the C++ symbols resolved to whatever the process had loaded). Preloading the system
+    # libstdc++ fixed it; a build that links it gets no preload.
+    if ! readelf -d "$SITE/llama_cpp/lib/libllama.so" | grep -q 'NEEDED.*libstdc++'; then
+        export LD_PRELOAD="$(g++ -print-file-name=libstdc++.so.6)${LD_PRELOAD:+:$LD_PRELOAD}"
+        step "2. libllama.so does not link libstdc++: LD_PRELOAD=$LD_PRELOAD"
+    fi
     python3 -c "import llama_cpp, transformers, gguf; print('llama_cpp', llama_cpp.__version__, llama_cpp.__file__,
     '| transformers', transformers.__version__, '| gguf', gguf.__file__)"
     step "3. op library"
