@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         progressive: Annotated[str, typer.Option(help="Widths trained before the target, e.g. 8,4,2.")] = "",
         phase_steps: Annotated[int, typer.Option(help="Steps at each --progressive width.")] = 0,
         steps: Annotated[Optional[int], typer.Option(help="Training steps (default: --epochs over the data).")] = None,
-        epochs: Annotated[float, typer.Option(help="Epochs when --steps is not given.")] = 1.0,
+        epochs: Annotated[Optional[float], typer.Option(help="Epochs when --steps is not given (default: 1; 6 on lm's default teacher data).")] = None,
         batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process (default: lm 64 blocks, classify 64 texts, image-classify 32 images).")] = None,
         lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the latent weights (default: lm 1e-3, classify 2e-4, image-classify 1e-4).")] = None,
         lr_warmup: Annotated[float, typer.Option(help="Fraction of steps of linear learning-rate warm-up.")] = 0.05,

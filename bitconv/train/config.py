@@ -58,7 +58,7 @@ class RecoverConfig:
     phase_steps: int = 0  # steps per progressive phase
     # optimisation
     steps: int | None = None
-    epochs: float = 1.0
+    epochs: float | None = None  # None: 1, or DEFAULT_TRAIN_EPOCHS on lm's default teacher data (tasks.py)
     batch_size: int | None = None
     lr: float | None = None
     weight_decay: float = 0.0
@@ -113,7 +113,8 @@ class RecoverConfig:
             raise OptionError("--augment edits texts: it applies to --task classify")
         if self.temperature <= 0:
             raise OptionError(f"--temperature {self.temperature}: must be positive")
-        if self.batch_size < 1 or (self.steps is not None and self.steps < 1) or self.epochs <= 0:
+        if (self.batch_size < 1 or (self.steps is not None and self.steps < 1)
+                or (self.epochs is not None and self.epochs <= 0)):
             raise OptionError("--batch-size, --steps and --epochs must be positive")
         if not 0 < self.eval_fraction < 1:
             raise OptionError(f"--eval-fraction {self.eval_fraction}: must be between 0 and 1")

@@ -175,7 +175,7 @@ def _recover(run: Run) -> RecoverResult:
     attached = qat.attach(model, names, qcfg, outliers, learn_scales=cfg.learn_scales)
     metrics["n_quantized_tensors"] = len(names)
     metrics["before"] = evaluate(model)
-    total = steps_for(cfg, task.n_items, rt.world)
+    total = steps_for(cfg, task.n_items, rt.world, default_epochs=task.default_epochs)
     if run.loop.sharded:
         shard(model)
     if run.loop.compile:

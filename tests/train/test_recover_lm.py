@@ -23,6 +23,7 @@ from bitconv.quantize.config import QuantConfig
 from bitconv.train import tasks
 from bitconv.train.config import RecoverConfig
 from bitconv.train.pipeline import recover
+from bitconv.train.runtime import Runtime
 from support.interrupt import interrupted_at_call
 from support.paths import FIXTURE_TEXT
 
@@ -48,12 +49,33 @@ def test_without_train_the_model_writes_its_own_text_and_says_so(llama, tmp_path
     r = recover(str(llama), tmp_path / "out", config=_cfg(), device="cpu", progress=False,
                 cache_dir=tmp_path / "cache", say=said.append)
     assert said[0].startswith(f"no --train given: recovering on text the original model writes itself (--train "
-                              f"{SMALL_TEACHER})")
+                              f"{SMALL_TEACHER})")  # --steps given: no default epochs to announce
     held_out = f"{SMALL_TEACHER} (held-out last 160 tokens)"
     assert r.metrics["train"] == [SMALL_TEACHER] and list(r.metrics["after"]["sets"]) == [held_out]
     assert r.metrics["converted"]["perplexity"] == pytest.approx(r.metrics["after"]["perplexity"], rel=1e-3)
     record = json.loads((tmp_path / "out" / "recovery.json").read_text())
     assert record["recipe"]["distill"] is True and record["recipe"]["precision"] == "bf16"  # the lm defaults
+
+
+def test_default_teacher_data_is_read_six_times_unless_epochs_or_steps_say_otherwise(llama, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setattr(tasks, "DEFAULT_TRAIN", SMALL_TEACHER)
+    tok = AutoTokenizer.from_pretrained(llama)
+    said = []
+    ctx = tasks.Context(str(llama), Runtime(torch.device("cpu")), TokenCache(tmp_path / "cache"), False, said.append)
+
+    def steps(cfg, train):
+        task = tasks.LMTask.prepare(cfg, tok, train, [], ctx)
+        return tasks.steps_for(cfg, task.n_items, 1, default_epochs=task.default_epochs), task.n_items
+
+    got, n_items = steps(_cfg(steps=None), [])
+    assert tasks.DEFAULT_TRAIN_EPOCHS == 6 and got == round(n_items // 4 * 6)
+    assert said[-1].startswith(f"no --train given: recovering on text the original model writes itself (--train "
+                               f"{SMALL_TEACHER}, 6 epochs)")
+    assert steps(_cfg(steps=None, epochs=2.0), [])[0] == round(n_items // 4 * 2)
+    assert steps(_cfg(steps=3), [])[0] == 3
+    assert steps(_cfg(steps=None), [SMALL_TEACHER])[0] == n_items // 4  # data the user names: one pass
 
 
 def test_generation_is_deterministic_cached_and_resumes_after_an_interruption(llama, tmp_path, monkeypatch):
