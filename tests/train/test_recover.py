@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from bitconv.train import checkpoints, losses, tasks
 from bitconv.train.config import RecoverConfig
 from bitconv.train.pipeline import recover
 from support.interrupt import interrupted_at_call
+from support.torchrun import torchrun_two_cpu_processes
 
 WORDS = ["the", "movie", "was", "is", "not", "good", "great", "fun", "bad", "awful", "boring", "plot", "actors"]
 POSITIVE, NEGATIVE = ["good", "great", "fun"], ["bad", "awful", "boring"]
@@ -378,15 +376,7 @@ def test_data_parallel_torchrun_two_cpu_processes(bert_dir, sentiment, tmp_path)
         f"eval={str(sentiment[1])!r}, config=cfg, device='cpu', progress=False)\n"
         "print('RESULT', headline(r.metrics['converted']) if r.metrics else 'worker')\n"
     )
-    import socket
-
-    with socket.socket() as sock:  # a free port on loopback for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(Path(bitconv.__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(port), str(script)], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = torchrun_two_cpu_processes(script, timeout=300)
     assert proc.stdout.count("RESULT accuracy") == 1 and proc.stdout.count("RESULT worker") == 1
     record = json.loads((tmp_path / "out" / "recovery.json").read_text())
     assert record["metrics"]["batch_size"] == 16  # 8 per process x 2 processes

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from bitconv.train.pipeline import recover
 from bitconv.train.runtime import Runtime
 from support.interrupt import interrupted_at_call
 from support.paths import FIXTURE_TEXT
+from support.torchrun import torchrun_two_cpu_processes
 
 SMALL_TEACHER = "teacher:3k?length=32&batch=16"
 
@@ -200,18 +200,6 @@ def test_fsdp_refuses_a_model_it_cannot_wrap_and_a_single_process():
         recover("unused", "unused-out", config=_cfg(), device="cpu", fsdp=True)
 
 
-def _torchrun_two_cpu_processes(script: Path) -> subprocess.CompletedProcess:
-    with socket.socket() as sock:  # a free port on loopback for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(Path(bitconv.__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(port), str(script)], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 @pytest.mark.slow
 def test_fsdp2_on_two_cpu_processes_over_gloo_on_text_both_generated(llama, tmp_path):
     """FSDP2 over two gloo processes, trained on teacher:N, which both processes generated: each samples its
@@ -233,7 +221,7 @@ def test_fsdp2_on_two_cpu_processes_over_gloo_on_text_both_generated(llama, tmp_
         f"device='cpu', progress=False, fsdp=True, save_every=2, cache_dir={str(tmp_path / 'cache')!r})\n"
         "print('RESULT', r.metrics['converted']['perplexity'] if r.metrics else 'worker')\n"
         "print('BATCHES', os.environ['RANK'], len(calls))\n")
-    proc = _torchrun_two_cpu_processes(script)
+    proc = torchrun_two_cpu_processes(script)
     assert proc.stdout.count("RESULT worker") == 1 and proc.stdout.count("RESULT ") == 2
     record = json.loads((tmp_path / "out" / "recovery.json").read_text())
     assert record["metrics"]["batch_size"] == 4 and record["metrics"]["steps"] == 4
