@@ -28,7 +28,7 @@ Examples:
 
 Sources (--train, --eval; repeatable): a text file; a folder or glob of .txt/.md/.jsonl/.parquet/.csv/.tsv;
 hf:NAME for `datasets.load_dataset` (?config=&split=&column=&data_files=&streaming=1); a folder written by
-save_to_disk; teacher:N (N tokens sampled from the original model; ?top_k=&top_p=&temperature=&length=&batch=&compile=1). Add &weight=W
+save_to_disk; teacher:N (N tokens sampled from the original model; ?top_k=&top_p=&temperature=&length=&batch=). Add &weight=W
 to mix training sources in those shares.
 """
 
@@ -43,7 +43,7 @@ Examples:
 
   bitconv synth ./SmolLM2-135M-Instruct.Q4_1.gguf --tokens 2M --out smol-text.jsonl
 
-  torchrun --nproc_per_node 2 -m bitconv synth MODEL --tokens 50M --compile --out text.jsonl   (every GPU writes a share)
+  torchrun --nproc_per_node 2 -m bitconv synth MODEL --tokens 50M --out text.jsonl   (every GPU writes a share)
 """
 
 
@@ -58,7 +58,6 @@ def register(app: typer.Typer) -> None:
         top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0: all).")] = 50,
         top_p: Annotated[float, typer.Option(help="... then among the fewest whose probability reaches p.")] = 0.95,
         temperature: Annotated[float, typer.Option(help="Logits divided by this before sampling.")] = 1.0,
-        compile: Annotated[bool, typer.Option(help="Replay each decoding step as a compiled (CUDA) graph.")] = False,
         seed: Annotated[int, typer.Option(help="Random seed (recover's teacher:N uses its --seed).")] = 0,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
         cache_dir: Annotated[Optional[Path], typer.Option(help="Token cache (default: ~/.cache/bitconv/tokens).")] = None,
@@ -68,7 +67,7 @@ def register(app: typer.Typer) -> None:
         from bitconv.train.synthesize import synthesize
 
         result = synthesize(source, out, tokens=tokens, length=length, batch=batch, top_k=top_k, top_p=top_p,
-                            temperature=temperature, compile=compile, seed=seed, device=device, cache_dir=cache_dir,
+                            temperature=temperature, seed=seed, device=device, cache_dir=cache_dir,
                             force=force, progress=progress)
         if result.out is not None:
             typer.echo(f"wrote {result.out}: {result.n_documents:,} documents from {result.n_tokens:,} sampled tokens "

@@ -6,11 +6,9 @@ It steps through transformers' own preallocated cache. A decoder with a cache of
 (each step attending only to the positions so far, grouped-query attention without repeated keys and values) was
 tried and measured slower: on one H200 with SmolLM2-135M in bf16, batch 2048, 73 ms a step over whole 512-token
 sequences against 37 ms for this one (docs/benchmarks/recover.md); on the CPU no faster over whole sequences.
-
-`compile=True` runs every step after the first through `torch.compile(mode="reduce-overhead")`, what transformers'
-`generate` does with a static cache on a GPU: one graph for all positions (the cache keeps its position in a
-tensor), replayed as a CUDA graph, so the per-layer Python and kernel launches of a step are paid once. The first
-step stays eager because it allocates the cache (and pins its address for the graph).
+Each step compiled (`torch.compile(mode="reduce-overhead")`, CUDA graphs over the static cache) was also tried and
+measured 3x slower on one H200 (20,171 against 62,122 tokens/s at batch 2048, docs/benchmarks/recover.md), so it
+was removed.
 """
 
 from __future__ import annotations
@@ -22,23 +20,21 @@ import torch
 
 class HFDecoder:
     """Any transformers causal LM, stepping through its own cache: a preallocated StaticCache (filled in place by
-    the model) where this transformers has one, else the growing DynamicCache (never compiled). `reset()` starts
-    new sequences of the same batch size in the same cache, so a compiled step is reused."""
+    the model) where this transformers has one, else the growing DynamicCache. `reset()` starts new sequences of
+    the same batch size in the same cache, so a stream allocates it once."""
 
-    def __init__(self, model, length: int, compile: bool = False):
+    def __init__(self, model, length: int):
         self.model = model
         try:
             from transformers import StaticCache
 
             self.cache = StaticCache(config=model.config, max_cache_len=length)
-            self.compiled = torch.compile(model.__call__, mode="reduce-overhead") if compile else None
         except (ImportError, TypeError, ValueError):
             from transformers import DynamicCache
 
-            self.cache, self.compiled = DynamicCache(), None
+            self.cache = DynamicCache()
         # transformers renamed `past_key_values` to `cache` (5.2x); pass it under the name this version reads
         self.name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self.started = False
 
     def reset(self) -> None:
         self.cache.reset()
@@ -46,7 +42,5 @@ class HFDecoder:
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, t: int) -> torch.Tensor:
         """The cache knows the position (t is implied by the steps before)."""
-        forward = self.compiled if self.compiled is not None and self.started else self.model
-        self.started = True
-        out = forward(input_ids=ids[:, None], use_cache=True, **{self.name: self.cache})
+        out = self.model(input_ids=ids[:, None], use_cache=True, **{self.name: self.cache})
         return out.logits[:, -1, :]

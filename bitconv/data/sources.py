@@ -36,7 +36,7 @@ from bitconv.errors import DataError
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 TABLE_SUFFIXES = (".jsonl", ".parquet", ".csv", ".tsv")
 KNOWN_OPTIONS = {"weight", "column", "config", "split", "streaming", "data_files", "revision", "top_k", "top_p",
-                 "temperature", "batch", "length", "compile"}
+                 "temperature", "batch", "length"}
 UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 
 

@@ -7,10 +7,8 @@ next one by sampling, on the GPU in large batches with a preallocated key/value 
 
 Sampling, as transformers' `generate` does it: logits / temperature (1), the top_k (50) most likely tokens, then
 within those the smallest set whose probability reaches top_p (0.95); top_k=0 considers the whole vocabulary.
-Options: `teacher:N?length=512&batch=1024&top_k=50&top_p=0.95&temperature=1&compile=0` (batch 16 off a GPU:
-`default_batch`); `compile=1` replays each
-decoding step as a compiled (on a GPU: CUDA) graph (bitconv.data.decode), which may change low-order bits of the
-logits and so the sampled text: it is part of the cache key.
+Options: `teacher:N?length=512&batch=1024&top_k=50&top_p=0.95&temperature=1` (batch 16 off a GPU:
+`default_batch`).
 
 Batch b is drawn from a generator seeded with (seed, b), so the stream is the same for a seed however often
 it was interrupted: finished batches are appended to `<key>.partial.u32` (progress in `<key>.partial.json`)
@@ -54,7 +52,6 @@ class SynthOptions:
     top_p: float = 0.95
     temperature: float = 1.0
     seed: int = 0
-    compile: bool = False  # decode through torch.compile (bitconv.data.decode.HFDecoder)
 
     @classmethod
     def from_spec(cls, spec: SourceSpec, seq_len: int, seed: int, default_batch: int = 1024) -> "SynthOptions":
@@ -64,11 +61,10 @@ class SynthOptions:
         o = spec.options
         try:
             opts = cls(n, int(o.get("length", 512)), int(o.get("batch", default_batch)), int(o.get("top_k", 50)),
-                       float(o.get("top_p", 0.95)), float(o.get("temperature", 1.0)), seed,
-                       {"0": False, "1": True}[o.get("compile", "0")])
-        except (ValueError, KeyError):
-            raise DataError(f"{spec.text}: length, batch and top_k must be integers, top_p and temperature numbers, "
-                            "compile 0 or 1") from None
+                       float(o.get("top_p", 0.95)), float(o.get("temperature", 1.0)), seed)
+        except ValueError:
+            raise DataError(f"{spec.text}: length, batch and top_k must be integers, top_p and temperature numbers"
+                            ) from None
         if n <= 0:
             raise DataError(f"{spec.text}: the generation budget must be a positive number of tokens, e.g. teacher:20M")
         if n < seq_len:
@@ -135,16 +131,23 @@ def sample_next(logits: torch.Tensor, opts: SynthOptions, generator: torch.Gener
 def sample_batch(model, start_id: int, n_seq: int, opts: SynthOptions, generator: torch.Generator,
                  device: torch.device, step: HFDecoder | None = None) -> torch.Tensor:
     """[n_seq, length] token ids: the start token, then tokens sampled from the model one at a time. `step`: a
-    decoder of the same batch size to reuse (reset here), so that a compiled one is compiled once."""
+    decoder of the same batch size to reuse (reset here), so that its cache is allocated once."""
     out = torch.empty((n_seq, opts.length), dtype=torch.long, device=device)
     out[:, 0] = start_id
     if step is None:
-        step = HFDecoder(model, opts.length, opts.compile)
+        step = HFDecoder(model, opts.length)
     else:
         step.reset()
     for t in range(opts.length - 1):
         out[:, t + 1] = sample_next(step(out[:, t], t), opts, generator)
     return out
+
+
+def stream_key(source_key: str, tok_key: str, opts: SynthOptions) -> str:
+    """The token cache's key of a generated stream. `"compile": false` is what the removed compiled-decoding option
+    (`teacher:N?compile=1`) added to every key: kept, so that streams cached before its removal are found."""
+    return hashlib.sha256(json.dumps([SYNTH_VERSION, source_key, tok_key, {**asdict(opts), "compile": False}]
+                                     ).encode()).hexdigest()
 
 
 def generate_stream(model, tokenizer, source_key: str, opts: SynthOptions, cache: TokenCache, device: torch.device,
@@ -155,8 +158,7 @@ def generate_stream(model, tokenizer, source_key: str, opts: SynthOptions, cache
     start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start_id is None:
         raise DataError("the tokenizer has no beginning- or end-of-sequence token to start generated text from")
-    key = hashlib.sha256(json.dumps([SYNTH_VERSION, source_key, tokenizer_key(tokenizer), asdict(opts)]).encode()
-                         ).hexdigest()
+    key = stream_key(source_key, tokenizer_key(tokenizer), opts)
     done = cache.load(key)
     if done is not None:
         say(f"teacher:{opts.n_tokens}: {done.size:,} generated tokens from the cache ({cache.path(key)})")
@@ -216,7 +218,7 @@ def _generate_share(model, start_id: int, stem: str, opts: SynthOptions, batches
         decoders: dict[int, HFDecoder] = {}  # by batch size: only the last batch may be smaller
         for i in range(full_batches, len(batches)):
             if n_seq[i] not in decoders:
-                decoders[n_seq[i]] = HFDecoder(model, opts.length, opts.compile)
+                decoders[n_seq[i]] = HFDecoder(model, opts.length)
             gen = torch.Generator(device=device).manual_seed(opts.seed * 1_000_003 + batches[i])
             ids = sample_batch(model, start_id, n_seq[i], opts, gen, device, decoders[n_seq[i]])
             fh.write(ids.to("cpu", torch.int64).numpy().astype(np.uint32).tobytes())

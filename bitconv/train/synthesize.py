@@ -32,7 +32,7 @@ class SynthResult:
 
 
 def synthesize(source: str, out: str | Path, *, tokens: str = "20M", length: int = 512, batch: int | None = None,
-               top_k: int = 50, top_p: float = 0.95, temperature: float = 1.0, compile: bool = False, seed: int = 0,
+               top_k: int = 50, top_p: float = 0.95, temperature: float = 1.0, seed: int = 0,
                device: str = "auto", cache_dir: str | Path | None = None, force: bool = False, progress: bool = True,
                say: Callable[[str], None] | None = None) -> SynthResult:
     """Sample `tokens` tokens from the model `source` (teacher:N's sampler and options; `batch` None: 1024 on a GPU,
@@ -50,7 +50,7 @@ def synthesize(source: str, out: str | Path, *, tokens: str = "20M", length: int
 
     say = say or (lambda text: print(text, file=sys.stderr))
     spec = (f"teacher:{tokens}?length={length}&top_k={top_k}&top_p={top_p}&temperature={temperature}"
-            f"&compile={int(compile)}" + (f"&batch={batch}" if batch is not None else ""))
+            + (f"&batch={batch}" if batch is not None else ""))
     # every check before any work; the batch as recover's teacher:N takes it on this device
     opts = SynthOptions.from_spec(parse_source(spec), 1, seed, default_batch(pick_device(device)))
     local = Path(source).expanduser()

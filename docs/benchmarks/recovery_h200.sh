@@ -2,7 +2,7 @@
 # The GPU session behind docs/recovery.md's general-English result and docs/benchmarks/recover.md, in one job on
 # one H200:
 #   bash docs/benchmarks/recovery_h200.sh MODEL.gguf EVAL_DIR OUT_DIR BUDGET_S [recovery_general.py options]
-# 1. generation speed: bench_synth.py (teacher:N's decoder and sampler, eager and compiled; the faster is used);
+# 1. generation speed: bench_synth.py (teacher:N's decoder and sampler);
 # 2. the loop's throughput: bench_recover.py, compiled (plain bf16 fine-tune, QAT + distillation);
 # 3. recovery_general.py on teacher:N, N sized so that generation takes about GEN_S seconds at the speed step 1
 #    measured (at most MAX_TOKENS), the ablation, then the long run fitted into what is left of BUDGET_S (with
@@ -20,15 +20,13 @@ python3 docs/benchmarks/bench_synth.py --model "$MODEL" --batch 2048 --length 51
     --json "$OUT/bench_synth.json" > "$OUT/bench.log" 2>&1
 python3 docs/benchmarks/bench_recover.py --model "$MODEL" --steps 10 --warmup 3 --compile --only plain,qat_distill \
     --json "$OUT/bench_compile.json" >> "$OUT/bench.log" 2>&1 && COMPILE=1 || COMPILE=0  # the long run compiles if this did
-read -r TOKENS GEN_COMPILE < <(python3 - "$OUT/bench_synth.json" "$GEN_S" "$MAX_TOKENS" "$NPROC" <<'EOF'
+TOKENS=$(python3 - "$OUT/bench_synth.json" "$GEN_S" "$MAX_TOKENS" "$NPROC" <<'EOF'
 import json, sys
 try:
-    rows = json.load(open(sys.argv[1]))["results"]
-    best = max(rows, key=lambda r: r["tokens_per_s"])
-    rate, compiled = best["tokens_per_s"], int(best["path"] == "decode_compiled")
+    rate = max(r["tokens_per_s"] for r in json.load(open(sys.argv[1]))["results"])
 except (OSError, KeyError, TypeError, ValueError):
-    rate, compiled = 18_000, 0  # the generic loop's measured speed (docs/benchmarks/recover.md)
-print(int(min(float(sys.argv[3]), rate * float(sys.argv[2]) * float(sys.argv[4]))), compiled)  # N GPUs write N x
+    rate = 18_000  # the generic loop's measured speed (docs/benchmarks/recover.md)
+print(int(min(float(sys.argv[3]), rate * float(sys.argv[2]) * float(sys.argv[4]))))  # N GPUs write N x
 EOF
 )
 STEP_S=$(python3 -c 'import json, sys
@@ -38,10 +36,10 @@ except (OSError, KeyError, TypeError, ValueError, StopIteration):
     print(0)' "$OUT/bench_compile.json")
 touch "$OUT/bench.done"  # other jobs sharing the GPU wait for this, so the throughput numbers are the loop's alone
 LEFT=$(( BUDGET - ($(date +%s) - T0) ))
-echo "bench_s=$(( $(date +%s) - T0 )) compile=$COMPILE teacher_tokens=$TOKENS gen_compile=$GEN_COMPILE left_s=$LEFT" >> "$OUT/bench.log"
+echo "bench_s=$(( $(date +%s) - T0 )) compile=$COMPILE teacher_tokens=$TOKENS left_s=$LEFT" >> "$OUT/bench.log"
 LAUNCH=(python3); [ "$NPROC" -gt 1 ] && LAUNCH=(python3 -m torch.distributed.run --nproc_per_node "$NPROC")
 "${LAUNCH[@]}" docs/benchmarks/recovery_general.py --model "$MODEL" --select "$EVAL/lee-select.txt" \
     --test "$EVAL/lee-test.txt" --extra tests/support/fixtures/shakespeare_200k.txt --work /tmp/runs \
-    --results "$OUT/recovery_general.json" --teacher-tokens "$TOKENS?batch=2048&compile=$GEN_COMPILE" --deadline-s "$LEFT" \
+    --results "$OUT/recovery_general.json" --teacher-tokens "$TOKENS?batch=2048" --deadline-s "$LEFT" \
     --step-s "$STEP_S" --gen-s "$GEN_S" --compile $COMPILE "${@:5}" > "$OUT/recovery.log" 2>&1
 echo "exit=$? total_s=$(( $(date +%s) - T0 ))" >> "$OUT/recovery.log"

@@ -95,7 +95,7 @@ def test_what_a_killed_convert_left_is_removed_by_the_next_run(run_cli, source, 
 
 
 @pytest.mark.parametrize("args", [("convert",), ("convert", "x", "--bogus"), ("no-such-command",), ("export",),
-                                  ("convert", "x", "--bits")])
+                                  ("convert", "x", "--bits"), ("synth", "x", "--out", "y.jsonl", "--compile")])
 def test_usage_errors_exit_2_without_a_traceback(run_cli, args):
     code, _, err = run_cli(*args)
     assert code == 2 and "Traceback" not in err and "Error" in err, err
