@@ -55,7 +55,8 @@ def main() -> None:
                        env=env, cwd=tmp)
         got = np.load(out)
         with torch.no_grad():
-            ref = bitconv.load(folder, model_class=AutoModelForCausalLM)(torch.tensor([IDS])).logits[0].numpy()
+            model = bitconv.load(folder, model_class=AutoModelForCausalLM, dtype=torch.float32)  # no float16 rounding
+            ref = model(torch.tensor([IDS])).logits[0].numpy()
         size = sum(p.stat().st_size for p in result.path.glob("*.safetensors"))
         err = np.abs(got - ref)
         print(f"{len(result.converted)} BitLinear layers, not converted: {result.not_converted}; {size} bytes")
