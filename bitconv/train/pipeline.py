@@ -26,7 +26,7 @@ from bitconv.format.atomic import PARTIAL, check_output, scratch_folder, staged_
 from bitconv.train import checkpoints, qat
 from bitconv.train.config import RecoverConfig
 from bitconv.train.runtime import Runtime, full_state_dicts, seed_everything, shard, start_runtime, stop_runtime
-from bitconv.train.tasks import TASK_TYPES, Context, steps_for
+from bitconv.train.tasks import TASK_TYPES, Context, steps_for, with_epochs_resolved
 from bitconv.train.trainer import Checkpointing, LoopOptions, compile_blocks, train_model
 
 
@@ -134,6 +134,7 @@ def _recover(run: Run) -> RecoverResult:
     task = task_type.prepare(cfg, tok, run.train, run.eval, ctx)
     if rt.main:
         rt.barrier()
+    cfg = with_epochs_resolved(cfg, task)
     fp = checkpoints.fingerprint(cfg.to_dict(), source, task.data, rt.world)
     resume_state = checkpoints.load_checkpoint(ckpt_dir, fp) if run.resume and checkpoints.exists(ckpt_dir) else None
     log: list[dict] = []
@@ -175,7 +176,7 @@ def _recover(run: Run) -> RecoverResult:
     attached = qat.attach(model, names, qcfg, outliers, learn_scales=cfg.learn_scales)
     metrics["n_quantized_tensors"] = len(names)
     metrics["before"] = evaluate(model)
-    total = steps_for(cfg, task.n_items, rt.world, default_epochs=task.default_epochs)
+    total = steps_for(cfg, task.n_items, rt.world)
     if run.loop.sharded:
         shard(model)
     if run.loop.compile:

@@ -664,13 +664,18 @@ class LMTask:
 TASK_TYPES = {"classify": ClassifyTask, "image-classify": ImageClassifyTask, "lm": LMTask}
 
 
-def steps_for(cfg: RecoverConfig, n_items: int, world: int, epochs: float | None = None,
-              default_epochs: float = 1.0) -> int:
-    """--steps, or the steps that make --epochs (or `epochs`; without either, the task's `default_epochs`) passes
-    over n_items at the global batch size."""
+def with_epochs_resolved(cfg: RecoverConfig, task) -> RecoverConfig:
+    """`cfg` with --epochs made concrete once the data is known: as given, else 1 under --steps, else the task's
+    default (DEFAULT_TRAIN_EPOCHS on lm's default teacher data). The checkpoint's fingerprint and recovery.json then
+    say what ran, and a run without --train never resumes one with an explicit --train of the same text."""
+    if cfg.epochs is not None:
+        return cfg
+    return replace(cfg, epochs=1.0 if cfg.steps is not None else task.default_epochs)
+
+
+def steps_for(cfg: RecoverConfig, n_items: int, world: int, epochs: float | None = None) -> int:
+    """--steps, or the steps that make --epochs (or `epochs`) passes over n_items at the global batch size."""
     if cfg.steps is not None and epochs is None:
         return cfg.steps
-    if epochs is None:
-        epochs = cfg.epochs if cfg.epochs is not None else default_epochs
     per_epoch = max(1, n_items // (cfg.batch_size * world))
-    return max(1, int(round(per_epoch * epochs)))
+    return max(1, int(round(per_epoch * (cfg.epochs if epochs is None else epochs))))

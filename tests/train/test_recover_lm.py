@@ -55,6 +55,7 @@ def test_without_train_the_model_writes_its_own_text_and_says_so(llama, tmp_path
     assert r.metrics["converted"]["perplexity"] == pytest.approx(r.metrics["after"]["perplexity"], rel=1e-3)
     record = json.loads((tmp_path / "out" / "recovery.json").read_text())
     assert record["recipe"]["distill"] is True and record["recipe"]["precision"] == "bf16"  # the lm defaults
+    assert record["recipe"]["epochs"] == 1.0  # --steps decided; the resolved value, as checkpoints record it
 
 
 def test_default_teacher_data_is_read_six_times_unless_epochs_or_steps_say_otherwise(llama, tmp_path, monkeypatch):
@@ -67,7 +68,7 @@ def test_default_teacher_data_is_read_six_times_unless_epochs_or_steps_say_other
 
     def steps(cfg, train):
         task = tasks.LMTask.prepare(cfg, tok, train, [], ctx)
-        return tasks.steps_for(cfg, task.n_items, 1, default_epochs=task.default_epochs), task.n_items
+        return tasks.steps_for(tasks.with_epochs_resolved(cfg, task), task.n_items, 1), task.n_items
 
     got, n_items = steps(_cfg(steps=None), [])
     assert tasks.DEFAULT_TRAIN_EPOCHS == 6 and got == round(n_items // 4 * 6)
@@ -76,6 +77,10 @@ def test_default_teacher_data_is_read_six_times_unless_epochs_or_steps_say_other
     assert steps(_cfg(steps=None, epochs=2.0), [])[0] == round(n_items // 4 * 2)
     assert steps(_cfg(steps=3), [])[0] == 3
     assert steps(_cfg(steps=None), [SMALL_TEACHER])[0] == n_items // 4  # data the user names: one pass
+    # what ran is what the checkpoint's fingerprint and recovery.json record: never None
+    task = tasks.LMTask.prepare(_cfg(steps=None), tok, [], [], ctx)
+    assert tasks.with_epochs_resolved(_cfg(steps=None), task).epochs == 6.0
+    assert tasks.with_epochs_resolved(_cfg(steps=3), task).epochs == 1.0
 
 
 def test_generation_is_deterministic_cached_and_resumes_after_an_interruption(llama, tmp_path, monkeypatch):
