@@ -54,7 +54,9 @@ job() {  # CARRY STATE: the steps above
     # built libllama.so does not list libstdc++ as needed, and loading any model crashed (SIGSEGV in print_info's
     # std::string code, since the C++ symbols resolved to whatever the process had loaded). Preloading the system
     # libstdc++ fixed it; a build that links it gets no preload.
-    if ! readelf -d "$SITE/llama_cpp/lib/libllama.so" | grep -q 'NEEDED.*libstdc++'; then
+    local needed  # read whole first: `readelf | grep -q` can fail under pipefail when grep stops reading early
+    needed=$(readelf -d "$SITE/llama_cpp/lib/libllama.so")
+    if [[ $needed != *NEEDED*libstdc++* ]]; then
         export LD_PRELOAD="$(g++ -print-file-name=libstdc++.so.6)${LD_PRELOAD:+:$LD_PRELOAD}"
         step "2. libllama.so does not link libstdc++: LD_PRELOAD=$LD_PRELOAD"
     fi

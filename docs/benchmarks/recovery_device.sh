@@ -13,7 +13,8 @@
 # the carried wheels whose version this Python lacks (transformers as pyproject asks, gguf); then
 # NPROC=<GPUs> recovery_h200.sh with its results in STATE (gpu.txt, bench*.json, bench.log, recovery_general.json,
 # recovery.log), which device_job.sh's poll packs. BUDGET_S: seconds recovery_h200.sh may take in all (its long
-# run is fitted into what is left after the benchmarks). GEN_S, MAX_TOKENS: as recovery_h200.sh reads them.
+# run is fitted into what is left after the benchmarks). GEN_S, MAX_TOKENS, SKIP_BENCH (1: no benchmarks, the
+# whole budget for recovery), GEN_RATE, STEP_S: as recovery_h200.sh reads them.
 set -euo pipefail
 [[ $# -ge 2 && -d $1/a && -d $1/b && $2 =~ ^[0-9]+$ ]] || {
     echo "usage: $0 STATE BUDGET_S [recovery_general.py options] (STATE/a and STATE/b: recovery_carry.py's r11a, r11b)" >&2

