@@ -31,6 +31,8 @@ from bitconv.quantize.config import QuantConfig
 from bitconv.quantize.kinds import CONV1D, module_kind
 from bitconv.quantize.schemes import expand, fake_quantize, quantize_activations_int8, reduce_units
 
+LEARNED_SCALE = "bitconv_log_scale"  # a learned scale's parameter name (the trainer never weight-decays them)
+
 
 class _FakeQuantMixin:
     """Shared by the fake-quantizing subclasses: the weight this forward uses, in the linear layout's logic."""
@@ -43,7 +45,7 @@ class _FakeQuantMixin:
 
     def _quantized(self, w: torch.Tensor) -> torch.Tensor:
         """The weight [out, in] this forward computes with."""
-        log_scale = getattr(self, "bitconv_log_scale", None)
+        log_scale = getattr(self, LEARNED_SCALE, None)
         if log_scale is None:
             return fake_quantize(w, self.bitconv_cfg, self.bitconv_outlier_idx, self.bitconv_blend)
         cfg = self.bitconv_cfg
@@ -171,7 +173,7 @@ def detach(model: nn.Module, attached: list[QuantizedModule]) -> None:
     scales baked into them)."""
     for q in attached:
         m = q.module
-        if hasattr(m, "bitconv_log_scale"):
+        if hasattr(m, LEARNED_SCALE):
             _bake_learned_scale(m)
         m.__class__ = m.bitconv_original_class
         for buffer in ("bitconv_blend", "bitconv_outlier_idx"):

@@ -110,10 +110,12 @@ def train_model(model: nn.Module, task, *, cfg: RecoverConfig, rt: Runtime, tota
         from torch.nn.parallel import DistributedDataParallel
 
         step_fn = DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    scales = [p for n, p in named if n.endswith("bitconv_log_scale")]  # learned scales (qat): never decayed
-    groups = [{"params": [p for n, p in named if not n.endswith("bitconv_log_scale")]}]
+    params, decayed, scales = [], [], []  # learned scales (qat) are never weight-decayed
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            params.append(p)
+            (scales if name.endswith(qat.LEARNED_SCALE) else decayed).append(p)
+    groups = [{"params": decayed}]
     if scales:
         groups.append({"params": scales, "weight_decay": 0.0})
     fused = device.type == "cuda" and not loop.sharded
