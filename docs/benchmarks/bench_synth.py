@@ -56,15 +56,14 @@ def main() -> None:
     sync(device)
     seconds = time.perf_counter() - start
     steps = args.length - 1
-    rows = [{"path": "decode", "batch": args.batch, "steps": steps, "seconds": round(seconds, 3),
-             "step_ms": round(1000 * seconds / steps, 2), "tokens_per_s": round(args.batch * steps / seconds),
-             "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 1)
-             if device.type == "cuda" else None}]
-    print(json.dumps(rows[0]), flush=True)
+    row = {"path": "decode", "batch": args.batch, "steps": steps, "seconds": round(seconds, 3),
+           "step_ms": round(1000 * seconds / steps, 2), "tokens_per_s": round(args.batch * steps / seconds),
+           "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 1) if device.type == "cuda" else None}
+    print(json.dumps(row), flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"torch": torch.__version__, "device": torch.cuda.get_device_name(device)
-                       if device.type == "cuda" else "cpu", "args": vars(args), "results": rows}, fh, indent=1)
+                       if device.type == "cuda" else "cpu", "args": vars(args), "results": [row]}, fh, indent=1)
 
 
 if __name__ == "__main__":
