@@ -544,7 +544,7 @@ class LMTask:
         if ctx.rt.world == 1:
             return
         task = cls(cfg, tokenizer, ctx)
-        specs = [(parse_source(str(s)), cfg.seed) for s in train] or [(parse_source(DEFAULT_TRAIN), cfg.seed)]
+        specs = [(spec, cfg.seed) for spec in _train_specs(train)[0]]
         specs += [(parse_source(str(s)), cfg.seed + 1) for s in eval_sources]  # as _eval_set samples them
         for spec, seed in specs:
             if spec.kind == "teacher":
@@ -553,9 +553,8 @@ class LMTask:
     @classmethod
     def prepare(cls, cfg: RecoverConfig, tokenizer, train: list, eval_sources: list, ctx: Context) -> "LMTask":
         task = cls(cfg, tokenizer, ctx)
-        specs = [parse_source(str(s)) for s in train]
-        if not specs:
-            specs = [parse_source(DEFAULT_TRAIN)]
+        specs, defaulted = _train_specs(train)
+        if defaulted:
             task.default_epochs = DEFAULT_TRAIN_EPOCHS
             passes = "" if cfg.steps is not None or cfg.epochs is not None else f", {DEFAULT_TRAIN_EPOCHS:g} epochs"
             ctx.say(f"no --train given: recovering on text the original model writes itself (--train {DEFAULT_TRAIN}"
@@ -662,6 +661,12 @@ class LMTask:
 
 
 TASK_TYPES = {"classify": ClassifyTask, "image-classify": ImageClassifyTask, "lm": LMTask}
+
+
+def _train_specs(train: list) -> tuple[list[SourceSpec], bool]:
+    """lm's --train sources, or DEFAULT_TRAIN when none is given (then True)."""
+    specs = [parse_source(str(s)) for s in train]
+    return (specs, False) if specs else ([parse_source(DEFAULT_TRAIN)], True)
 
 
 def with_epochs_resolved(cfg: RecoverConfig, task) -> RecoverConfig:
