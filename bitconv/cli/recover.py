@@ -19,7 +19,7 @@ Examples:
       measured best on held-out SST-2; --no-distill, --hidden-weight 0, ... switch parts off)
 
   bitconv recover ./SmolLM2-135M-Instruct.Q4_1.gguf --task lm --out smol-1.58
-      (no --train: text the model writes itself, teacher:20M)
+      (no --train: text the model writes itself, teacher:30M read 8 times)
 
   bitconv recover MODEL --task lm --train 'corpus/*.jsonl?column=body&weight=0.7' --train teacher:10M?weight=0.3
       --eval heldout.txt --eval hf:wikitext?config=wikitext-2-raw-v1&split=test --out model-1.58
@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         source: Annotated[str, typer.Argument(help="Model folder, .gguf file or Hub id (full precision).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output bitconv folder.")],
         task: Annotated[str, typer.Option(help="classify (adds a classifier head where needed), image-classify (...ForImageClassification, e.g. ViT) or lm.")] = "classify",
-        train: Annotated[Optional[list[str]], typer.Option(help="Training data: TSV/CSV of text and label (classify); an image folder with one sub-folder per class or a saved `datasets` split (image-classify); sources (lm, repeatable; default teacher:20M).")] = None,
+        train: Annotated[Optional[list[str]], typer.Option(help="Training data: TSV/CSV of text and label (classify); an image folder with one sub-folder per class or a saved `datasets` split (image-classify); sources (lm, repeatable; default teacher:30M, read 8 times).")] = None,
         eval: Annotated[Optional[list[str]], typer.Option(help="Held-out data (same format), each reported separately; lm default: the held-out tail of the first --train.")] = None,
         bits: Annotated[str, typer.Option(help="Target width: 1.58 (ternary), 1, 2, 4 or 8.")] = "1.58",
         granularity: Annotated[Optional[str], typer.Option(help="tensor | channel | group:N (default by scheme, as convert).")] = None,

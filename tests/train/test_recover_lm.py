@@ -58,7 +58,7 @@ def test_without_train_the_model_writes_its_own_text_and_says_so(llama, tmp_path
     assert record["recipe"]["epochs"] == 1.0  # --steps decided; the resolved value, as checkpoints record it
 
 
-def test_default_teacher_data_is_read_six_times_unless_epochs_or_steps_say_otherwise(llama, tmp_path, monkeypatch):
+def test_default_teacher_data_is_read_eight_times_unless_epochs_or_steps_say_otherwise(llama, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     monkeypatch.setattr(tasks, "DEFAULT_TRAIN", SMALL_TEACHER)
@@ -71,15 +71,15 @@ def test_default_teacher_data_is_read_six_times_unless_epochs_or_steps_say_other
         return tasks.steps_for(tasks.with_epochs_resolved(cfg, task), task.n_items, 1), task.n_items
 
     got, n_items = steps(_cfg(steps=None), [])
-    assert tasks.DEFAULT_TRAIN_EPOCHS == 6 and got == round(n_items // 4 * 6)
+    assert tasks.DEFAULT_TRAIN_EPOCHS == 8 and got == round(n_items // 4 * 8)
     assert said[-1].startswith(f"no --train given: recovering on text the original model writes itself (--train "
-                               f"{SMALL_TEACHER}, 6 epochs)")
+                               f"{SMALL_TEACHER}, 8 epochs)")
     assert steps(_cfg(steps=None, epochs=2.0), [])[0] == round(n_items // 4 * 2)
     assert steps(_cfg(steps=3), [])[0] == 3
     assert steps(_cfg(steps=None), [SMALL_TEACHER])[0] == n_items // 4  # data the user names: one pass
     # what ran is what the checkpoint's fingerprint and recovery.json record: never None
     task = tasks.LMTask.prepare(_cfg(steps=None), tok, [], [], ctx)
-    assert tasks.with_epochs_resolved(_cfg(steps=None), task).epochs == 6.0
+    assert tasks.with_epochs_resolved(_cfg(steps=None), task).epochs == 8.0
     assert tasks.with_epochs_resolved(_cfg(steps=3), task).epochs == 1.0
 
 
