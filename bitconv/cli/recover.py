@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="Output .jsonl file.")],
         tokens: Annotated[str, typer.Option(help="Tokens to sample, e.g. 20M (whole sequences: a little more).")] = "20M",
         length: Annotated[int, typer.Option(help="Tokens per sampled sequence, the start token included.")] = 512,
-        batch: Annotated[Optional[int], typer.Option(help="Sequences sampled together (default: 1024 on a GPU, 16 on the CPU).")] = None,
+        batch: Annotated[Optional[int], typer.Option(help="Sequences sampled together (default: as many as fit, up to 2048, on a GPU; 16 on the CPU).")] = None,
         top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0: all).")] = 50,
         top_p: Annotated[float, typer.Option(help="... then among the fewest whose probability reaches p.")] = 0.95,
         temperature: Annotated[float, typer.Option(help="Logits divided by this before sampling.")] = 1.0,

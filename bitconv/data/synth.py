@@ -7,8 +7,8 @@ next one by sampling, on the GPU in large batches with a preallocated key/value 
 
 Sampling, as transformers' `generate` does it: logits / temperature (1), the top_k (50) most likely tokens, then
 within those the smallest set whose probability reaches top_p (0.95); top_k=0 considers the whole vocabulary.
-Options: `teacher:N?length=512&batch=1024&top_k=50&top_p=0.95&temperature=1` (batch 16 off a GPU:
-`default_batch`).
+Options: `teacher:N?length=512&batch=B&top_k=50&top_p=0.95&temperature=1`; without `batch`, as many sequences as
+`default_batch` fits on the device (up to 2048 on a GPU, 16 off one).
 
 Batch b is drawn from a generator seeded with (seed, b), so the stream is the same for a seed however often
 it was interrupted: finished batches are appended to `<key>.partial.u32` (progress in `<key>.partial.json`)
@@ -56,7 +56,7 @@ class SynthOptions:
     @classmethod
     def from_spec(cls, spec: SourceSpec, seq_len: int, seed: int, default_batch: int = 1024) -> "SynthOptions":
         """teacher:N[?length=..&batch=..&top_k=..&top_p=..&temperature=..], checked against one training block;
-        `default_batch` when the spec gives none (`default_batch(device)`)."""
+        `default_batch` when the spec gives none (`options_for` passes what fits the device)."""
         n = parse_count(spec.target, spec.text)
         o = spec.options
         try:
@@ -84,10 +84,43 @@ class SynthOptions:
         return math.ceil(self.n_sequences / self.batch)
 
 
-def default_batch(device: torch.device) -> int:
-    """Sequences sampled together when teacher:N names no batch: 1024 on a GPU; 16 elsewhere, since the key/value
-    cache grows with the batch (SmolLM2-135M in fp32 at 1024 sequences of 512 tokens: 22.5 GiB)."""
-    return 1024 if device.type == "cuda" else 16
+GENERATION_MEMORY_SHARE = 0.4  # of the GPU's memory, for the key/value cache of the default batch
+# The default batch's ceiling on a GPU. Every decoding step costs about the same up to it, so the batch sets the speed
+# (one H200, SmolLM2-135M, 512 tokens: 1024 sequences 34,000-38,000 tokens/s, 2048 68,000; docs/benchmarks/recover.md);
+# larger batches were not measured.
+MAX_GPU_BATCH = 2048
+CPU_BATCH = 16  # off a GPU: SmolLM2's fp32 cache for 1024 x 512 tokens would be 22.5 GiB of host memory
+
+
+def kv_cache_bytes(config, length: int, element_bytes: int = 2) -> int:
+    """Bytes of one sequence's key/value cache over `length` tokens (bf16 by default: generation's dtype on a GPU)."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * length * element_bytes
+
+
+def default_batch(device: torch.device, config, length: int) -> int:
+    """Sequences sampled together when teacher:N names no batch: on a GPU the largest power of two up to
+    MAX_GPU_BATCH whose key/value cache fits in GENERATION_MEMORY_SHARE of the GPU's memory (the total, not what is
+    free now, so the same GPU model always draws the same stream; SmolLM2-135M: 2048 from about 57 GiB up, 1024 on a
+    40 GB card, 512 on 24 GB); CPU_BATCH elsewhere. The stream depends on the batch (batch b's generator is seeded
+    with b), and its cache key names it."""
+    if device.type != "cuda":
+        return CPU_BATCH
+    budget = GENERATION_MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory
+    batch = MAX_GPU_BATCH
+    while batch > 1 and batch * kv_cache_bytes(config, length) > budget:
+        batch //= 2
+    return batch
+
+
+def options_for(spec: SourceSpec, seq_len: int, seed: int, model, device: torch.device) -> SynthOptions:
+    """teacher:N's options for `model` on `device`: the spec's, with `default_batch` when it names no batch."""
+    opts = SynthOptions.from_spec(spec, seq_len, seed)
+    if "batch" in spec.options:
+        return opts
+    return SynthOptions.from_spec(spec, seq_len, seed, default_batch(device, model.config, opts.length))
 
 
 def model_key(source: str) -> str:

@@ -35,24 +35,22 @@ def synthesize(source: str, out: str | Path, *, tokens: str = "20M", length: int
                top_k: int = 50, top_p: float = 0.95, temperature: float = 1.0, seed: int = 0,
                device: str = "auto", cache_dir: str | Path | None = None, force: bool = False, progress: bool = True,
                say: Callable[[str], None] | None = None) -> SynthResult:
-    """Sample `tokens` tokens from the model `source` (teacher:N's sampler and options; `batch` None: 1024 on a GPU,
-    16 elsewhere) and write them to `out` as JSON lines of text."""
+    """Sample `tokens` tokens from the model `source` (teacher:N's sampler and options; `batch` None: what
+    bitconv.data.synth.default_batch fits on the device) and write them to `out` as JSON lines of text."""
     from transformers import AutoModelForCausalLM
 
     from bitconv.data.sources import parse_source
-    from bitconv.data.synth import SynthOptions, default_batch, generate_stream, model_key
+    from bitconv.data.synth import SynthOptions, generate_stream, model_key, options_for
     from bitconv.data.tokens import TokenCache
-    from bitconv.device import pick_device
     from bitconv.format.atomic import check_output
     from bitconv.quantize.source import load_original
     from bitconv.train.runtime import start_runtime, stop_runtime
     from bitconv.train.tasks import tokenizer_for
 
     say = say or (lambda text: print(text, file=sys.stderr))
-    spec = (f"teacher:{tokens}?length={length}&top_k={top_k}&top_p={top_p}&temperature={temperature}"
-            + (f"&batch={batch}" if batch is not None else ""))
-    # every check before any work; the batch as recover's teacher:N takes it on this device
-    opts = SynthOptions.from_spec(parse_source(spec), 1, seed, default_batch(pick_device(device)))
+    spec = parse_source(f"teacher:{tokens}?length={length}&top_k={top_k}&top_p={top_p}&temperature={temperature}"
+                        + (f"&batch={batch}" if batch is not None else ""))
+    SynthOptions.from_spec(spec, 1, seed)  # every check before any work
     local = Path(source).expanduser()
     out = check_output(out, force=force, inputs=[local] if local.exists() else [], kind="file")
     cache = TokenCache(cache_dir)
@@ -60,6 +58,7 @@ def synthesize(source: str, out: str | Path, *, tokens: str = "20M", length: int
     try:
         tok = tokenizer_for(source)
         model = load_original(source, model_class=AutoModelForCausalLM).to(rt.device)
+        opts = options_for(spec, 1, seed, model, rt.device)  # the batch as recover's teacher:N takes it here
         stream = generate_stream(model, tok, model_key(source), opts, cache, rt.device, progress and rt.main,
                                  say if rt.main else (lambda text: None), rt.rank, rt.world, rt.barrier)
         if not rt.main:

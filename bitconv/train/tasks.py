@@ -519,10 +519,10 @@ class LMTask:
 
     def _generated(self, spec: SourceSpec, seed: int, together: bool = False) -> tuple[np.ndarray, str]:
         """`together`: every process is here (before_prepare) and generates its share; else this process alone."""
-        from bitconv.data.synth import SynthOptions, default_batch, generate_stream, model_key
+        from bitconv.data.synth import generate_stream, model_key, options_for
 
         rt = self.ctx.rt
-        opts = SynthOptions.from_spec(spec, self.cfg.seq_len, seed, default_batch(rt.device))
+        opts = options_for(spec, self.cfg.seq_len, seed, self.original(), rt.device)
         key = model_key(self.ctx.source)
         shared = dict(rank=rt.rank, world=rt.world, barrier=rt.barrier) if together else {}
         # under torchrun, before_prepare has said where the stream came from already

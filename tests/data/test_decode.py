@@ -107,11 +107,30 @@ def test_the_stream_key_is_the_one_streams_were_cached_under():
     assert key == "200de594436ea684d3dd57caa7904ca9b6506c1a2e3fde4ebdfe2eae47675616"
 
 
-def test_the_default_batch_fits_the_device():
-    """1024 sequences on a GPU; 16 on the CPU, where SmolLM2's fp32 cache for 1024 x 512 tokens is 22.5 GiB; a batch
-    the spec names wins."""
-    from bitconv.data.synth import default_batch
+def test_the_default_batch_fits_the_device(monkeypatch):
+    """On a GPU the largest power of two up to 2048 whose bf16 key/value cache fits in 40% of the card (SmolLM2-135M:
+    22.5 GiB at 2048 x 512 tokens, as measured on an H200); 16 on the CPU; a batch the spec names wins."""
+    from types import SimpleNamespace
 
-    assert default_batch(torch.device("cpu")) == 16 and default_batch(torch.device("cuda", 0)) == 1024
-    assert SynthOptions.from_spec(parse_source("teacher:1k"), seq_len=16, seed=0, default_batch=16).batch == 16
-    assert SynthOptions.from_spec(parse_source("teacher:1k?batch=8"), seq_len=16, seed=0, default_batch=16).batch == 8
+    from transformers import GPT2Config, LlamaConfig
+
+    from bitconv.data import synth
+
+    smol = LlamaConfig(num_hidden_layers=30, hidden_size=576, num_attention_heads=9, num_key_value_heads=3)
+    assert synth.kv_cache_bytes(smol, 512) * 2048 == 22.5 * 2**30
+    gpu = torch.device("cuda", 0)
+    cards = {}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=cards[device]))
+    for total_gb, batch in [(143.7, 2048), (80, 2048), (40, 1024), (24, 512), (0.001, 1)]:
+        cards[gpu] = int(total_gb * 1e9)
+        assert synth.default_batch(gpu, smol, 512) == batch, total_gb
+    cards[gpu] = int(24e9)
+    assert synth.default_batch(gpu, smol, 256) == 1024  # half the length, twice the sequences
+    gpt2 = GPT2Config(n_layer=12, n_embd=768, n_head=12)  # full multi-head attention: 18 MiB a sequence
+    assert synth.default_batch(gpu, gpt2, 512) == 256
+    assert synth.default_batch(torch.device("cpu"), smol, 512) == 16
+
+    model = SimpleNamespace(config=smol)
+    assert synth.options_for(parse_source("teacher:1k"), 16, 0, model, gpu).batch == 512
+    assert synth.options_for(parse_source("teacher:1k?batch=8"), 16, 0, model, gpu).batch == 8
+    assert synth.options_for(parse_source("teacher:1k"), 16, 0, model, torch.device("cpu")).batch == 16
