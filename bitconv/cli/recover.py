@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
     def synth_command(
         source: Annotated[str, typer.Argument(help="Causal LM: model folder, .gguf file or Hub id (full precision).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output .jsonl file.")],
-        tokens: Annotated[str, typer.Option(help="Tokens to sample, e.g. 20M (whole sequences: a little more).")] = "20M",
+        tokens: Annotated[Optional[str], typer.Option(help="Tokens to sample, e.g. 2M (whole sequences: a little more); default: what recover --task lm without --train generates.")] = None,
         length: Annotated[int, typer.Option(help="Tokens per sampled sequence, the start token included.")] = 512,
         batch: Annotated[Optional[int], typer.Option(help="Sequences sampled together (default: as many as fit, up to 2048, on a GPU; 16 on the CPU).")] = None,
         top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0: all).")] = 50,

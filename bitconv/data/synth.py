@@ -90,27 +90,39 @@ GENERATION_MEMORY_SHARE = 0.4  # of the GPU's memory, for the key/value cache of
 # larger batches were not measured.
 MAX_GPU_BATCH = 2048
 CPU_BATCH = 16  # off a GPU: SmolLM2's fp32 cache for 1024 x 512 tokens would be 22.5 GiB of host memory
+UNSIZED_GPU_BATCH = 1024  # on a GPU for a config without the usual attention sizes (the fixed default before)
 
 
-def kv_cache_bytes(config, length: int, element_bytes: int = 2) -> int:
-    """Bytes of one sequence's key/value cache over `length` tokens (bf16 by default: generation's dtype on a GPU)."""
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * length * element_bytes
+def kv_cache_bytes(config, length: int, element_bytes: int = 2) -> int | None:
+    """Bytes of one sequence's key/value cache over `length` tokens (bf16 by default: generation's dtype on a GPU),
+    from the text decoder's config (a multimodal model's nested one); None when it lacks the usual attention sizes.
+    An upper bound for multi-query or sliding-window attention that the config does not spell out that way."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    try:
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        layers = text.num_hidden_layers
+    except (AttributeError, TypeError, ZeroDivisionError):
+        return None
+    return 2 * layers * kv_heads * head_dim * length * element_bytes
 
 
 def default_batch(device: torch.device, config, length: int) -> int:
     """Sequences sampled together when teacher:N names no batch: on a GPU the largest power of two up to
     MAX_GPU_BATCH whose key/value cache fits in GENERATION_MEMORY_SHARE of the GPU's memory (the total, not what is
-    free now, so the same GPU model always draws the same stream; SmolLM2-135M: 2048 from about 57 GiB up, 1024 on a
+    free now, so the same GPU model always draws the same stream; SmolLM2-135M: 2048 from about 56 GiB up, 1024 on a
     40 GB card, 512 on 24 GB); CPU_BATCH elsewhere. The stream depends on the batch (batch b's generator is seeded
-    with b), and its cache key names it."""
+    with b), and its cache key names it: under torchrun every process must see the same kind of GPU, or name
+    `batch=`."""
     if device.type != "cuda":
         return CPU_BATCH
+    per_sequence = kv_cache_bytes(config, length)
+    if per_sequence is None:
+        return UNSIZED_GPU_BATCH
     budget = GENERATION_MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory
     batch = MAX_GPU_BATCH
-    while batch > 1 and batch * kv_cache_bytes(config, length) > budget:
+    while batch > 1 and batch * per_sequence > budget:
         batch //= 2
     return batch
 
@@ -248,12 +260,13 @@ def _generate_share(model, start_id: int, stem: str, opts: SynthOptions, batches
     model.eval()
     with task_progress("generating", total=len(batches), enabled=progress, completed=full_batches,
                        unit="tokens") as advance, open(partial, "ab") as fh:
-        decoders: dict[int, HFDecoder] = {}  # by batch size: only the last batch may be smaller
+        decoder, decoder_batch = None, 0  # one cache at a time: only the last batch may be smaller
         for i in range(full_batches, len(batches)):
-            if n_seq[i] not in decoders:
-                decoders[n_seq[i]] = HFDecoder(model, opts.length)
+            if n_seq[i] != decoder_batch:
+                decoder = None  # the full batches' cache goes before the last batch's is made
+                decoder, decoder_batch = HFDecoder(model, opts.length), n_seq[i]
             gen = torch.Generator(device=device).manual_seed(opts.seed * 1_000_003 + batches[i])
-            ids = sample_batch(model, start_id, n_seq[i], opts, gen, device, decoders[n_seq[i]])
+            ids = sample_batch(model, start_id, n_seq[i], opts, gen, device, decoder)
             fh.write(ids.to("cpu", torch.int64).numpy().astype(np.uint32).tobytes())
             fh.flush()
             os.fsync(fh.fileno())

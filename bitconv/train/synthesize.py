@@ -31,12 +31,13 @@ class SynthResult:
     stream: Path | None = None  # the cached token stream
 
 
-def synthesize(source: str, out: str | Path, *, tokens: str = "20M", length: int = 512, batch: int | None = None,
-               top_k: int = 50, top_p: float = 0.95, temperature: float = 1.0, seed: int = 0,
+def synthesize(source: str, out: str | Path, *, tokens: str | None = None, length: int = 512,
+               batch: int | None = None, top_k: int = 50, top_p: float = 0.95, temperature: float = 1.0, seed: int = 0,
                device: str = "auto", cache_dir: str | Path | None = None, force: bool = False, progress: bool = True,
                say: Callable[[str], None] | None = None) -> SynthResult:
-    """Sample `tokens` tokens from the model `source` (teacher:N's sampler and options; `batch` None: what
-    bitconv.data.synth.default_batch fits on the device) and write them to `out` as JSON lines of text."""
+    """Sample `tokens` tokens (None: recover's default, tasks.DEFAULT_TEACHER_TOKENS) from the model `source`
+    (teacher:N's sampler and options; `batch` None: what bitconv.data.synth.default_batch fits on the device) and
+    write them to `out` as JSON lines of text."""
     from transformers import AutoModelForCausalLM
 
     from bitconv.data.sources import parse_source
@@ -45,9 +46,10 @@ def synthesize(source: str, out: str | Path, *, tokens: str = "20M", length: int
     from bitconv.format.atomic import check_output
     from bitconv.quantize.source import load_original
     from bitconv.train.runtime import start_runtime, stop_runtime
-    from bitconv.train.tasks import tokenizer_for
+    from bitconv.train.tasks import DEFAULT_TEACHER_TOKENS, tokenizer_for
 
     say = say or (lambda text: print(text, file=sys.stderr))
+    tokens = DEFAULT_TEACHER_TOKENS if tokens is None else tokens
     spec = parse_source(f"teacher:{tokens}?length={length}&top_k={top_k}&top_p={top_p}&temperature={temperature}"
                         + (f"&batch={batch}" if batch is not None else ""))
     SynthOptions.from_spec(spec, 1, seed)  # every check before any work

@@ -40,7 +40,9 @@ from bitconv.train.losses import attention_loss, distillation_kl, hidden_state_l
 from bitconv.train.runtime import Runtime, autocast
 
 EVAL_BATCH = {"classify": 128, "lm": 8}
-DEFAULT_TRAIN = "teacher:30M"  # `recover MODEL --task lm` without --train: text the model writes itself
+DEFAULT_TEACHER_TOKENS = "30M"  # also `bitconv synth`'s default, so that it fills the cache entry recover then reads
+# `recover MODEL --task lm` without --train: text the model writes itself
+DEFAULT_TRAIN = f"teacher:{DEFAULT_TEACHER_TOKENS}"
 # ... read this many times unless --epochs or --steps says otherwise: the run that met issue 11's target (SmolLM2-135M
 # on one H200, docs/recovery.md "General English": 242 M trained tokens over 29.8 M generated, 8.1 passes, 2.96x the
 # original's perplexity on held-out English in 24 minutes; 139 M over 22.4 M gave 3.4x). Passes are the cheaper way

@@ -109,10 +109,10 @@ def test_the_stream_key_is_the_one_streams_were_cached_under():
 
 def test_the_default_batch_fits_the_device(monkeypatch):
     """On a GPU the largest power of two up to 2048 whose bf16 key/value cache fits in 40% of the card (SmolLM2-135M:
-    22.5 GiB at 2048 x 512 tokens, as measured on an H200); 16 on the CPU; a batch the spec names wins."""
+    22.5 GiB at 2048 x 512 tokens; an H200 measured a 23.0 GiB peak); 16 on the CPU; a batch the spec names wins."""
     from types import SimpleNamespace
 
-    from transformers import GPT2Config, LlamaConfig
+    from transformers import Gemma3Config, GPT2Config, LlamaConfig, MambaConfig
 
     from bitconv.data import synth
 
@@ -128,6 +128,11 @@ def test_the_default_batch_fits_the_device(monkeypatch):
     assert synth.default_batch(gpu, smol, 256) == 1024  # half the length, twice the sequences
     gpt2 = GPT2Config(n_layer=12, n_embd=768, n_head=12)  # full multi-head attention: 18 MiB a sequence
     assert synth.default_batch(gpu, gpt2, 512) == 256
+    gemma3 = Gemma3Config()  # the text decoder's sizes are nested (26 layers, 4 kv heads of 256): 52 MiB a sequence
+    assert synth.kv_cache_bytes(gemma3, 512) == 2 * 26 * 4 * 256 * 512 * 2
+    assert synth.default_batch(gpu, gemma3, 512) == 128
+    assert synth.kv_cache_bytes(MambaConfig(), 512) is None  # no attention sizes: the fixed batch of before
+    assert synth.default_batch(gpu, MambaConfig(), 512) == 1024
     assert synth.default_batch(torch.device("cpu"), smol, 512) == 16
 
     model = SimpleNamespace(config=smol)
