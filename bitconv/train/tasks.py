@@ -561,6 +561,11 @@ class LMTask:
             passes = "" if cfg.steps is not None or cfg.epochs is not None else f", {DEFAULT_TRAIN_EPOCHS:g} epochs"
             ctx.say(f"no --train given: recovering on text the original model writes itself (--train {DEFAULT_TRAIN}"
                     f"{passes}); pass --train FILE, FOLDER or hf:NAME to use your own text")
+            if ctx.rt.device.type != "cuda" and cfg.steps is None:
+                # measured on one H200 (docs/recovery.md); a CPU generates and trains orders of magnitude slower
+                ctx.say(f"note: {DEFAULT_TRAIN} is sized for a GPU (SmolLM2-135M: about 24 minutes on one H200); on "
+                        f"the {ctx.rt.device.type.upper()} it takes far longer: name a smaller --train teacher:N and "
+                        "--steps for a short run")
         weights = [spec.weight for spec in specs]  # checked before anything is read or generated
         eval_specs = [parse_source(str(s)) for s in eval_sources]
         held_text = _plain_text_file(specs[0]) if len(specs) == 1 and not eval_specs else None
