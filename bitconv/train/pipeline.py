@@ -13,6 +13,7 @@ bitconv.evaluate.metrics (the code `bitconv eval` runs).
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -128,17 +129,20 @@ def _recover(run: Run) -> RecoverResult:
     tok = task_type.processor_for(source)  # a tokenizer, or an image model's image processor
     cache = TokenCache(run.cache_dir) if cfg.task == "lm" else None
     ctx = Context(source, rt, cache, run.loop.progress and rt.main, run.say)
+    preparing = time.perf_counter()
     task_type.before_prepare(cfg, tok, run.train, run.eval, ctx)
     if not rt.main:
         rt.barrier()  # rank 0 tokenizes and generates first; the others then read its cache
     task = task_type.prepare(cfg, tok, run.train, run.eval, ctx)
     if rt.main:
         rt.barrier()
+    prepared_s = time.perf_counter() - preparing
     cfg = with_epochs_resolved(cfg, task)
     fp = checkpoints.fingerprint(cfg.to_dict(), source, task.data, rt.world)
     resume_state = checkpoints.load_checkpoint(ckpt_dir, fp) if run.resume and checkpoints.exists(ckpt_dir) else None
     log: list[dict] = []
-    timings: dict = {}
+    # reading, tokenizing and generating the data (seconds when the token cache has it)
+    timings: dict = {"prepare": {"seconds": round(prepared_s, 1)}}
     metrics: dict = {"task": cfg.task, "source": source, **task.described}
     evaluate = task.evaluate
 

@@ -52,6 +52,7 @@ def test_without_train_the_model_writes_its_own_text_and_says_so(llama, tmp_path
                               f"{SMALL_TEACHER})")  # --steps given: no default epochs to announce
     held_out = f"{SMALL_TEACHER} (held-out last 160 tokens)"
     assert r.metrics["train"] == [SMALL_TEACHER] and list(r.metrics["after"]["sets"]) == [held_out]
+    assert set(r.timings) == {"prepare", "recover"} and r.timings["prepare"]["seconds"] >= 0
     assert r.metrics["converted"]["perplexity"] == pytest.approx(r.metrics["after"]["perplexity"], rel=1e-3)
     record = json.loads((tmp_path / "out" / "recovery.json").read_text())
     assert record["recipe"]["distill"] is True and record["recipe"]["precision"] == "bf16"  # the lm defaults
