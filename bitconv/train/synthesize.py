@@ -49,7 +49,8 @@ def synthesize(source: str, out: str | Path, *, tokens: str | None = None, lengt
     from bitconv.train.tasks import DEFAULT_TEACHER_TOKENS, tokenizer_for
 
     say = say or (lambda text: print(text, file=sys.stderr))
-    tokens = DEFAULT_TEACHER_TOKENS if tokens is None else tokens
+    defaulted = tokens is None
+    tokens = DEFAULT_TEACHER_TOKENS if defaulted else tokens
     spec = parse_source(f"teacher:{tokens}?length={length}&top_k={top_k}&top_p={top_p}&temperature={temperature}"
                         + (f"&batch={batch}" if batch is not None else ""))
     SynthOptions.from_spec(spec, 1, seed)  # every check before any work
@@ -57,6 +58,9 @@ def synthesize(source: str, out: str | Path, *, tokens: str | None = None, lengt
     out = check_output(out, force=force, inputs=[local] if local.exists() else [], kind="file")
     cache = TokenCache(cache_dir)
     rt = start_runtime(device)
+    if defaulted and rt.device.type != "cuda" and rt.main:
+        say(f"note: --tokens {tokens} (what recover generates by default) is sized for a GPU; on the "
+            f"{rt.device.type.upper()} it takes far longer: pass a smaller --tokens for a short run")
     try:
         tok = tokenizer_for(source)
         model = load_original(source, model_class=AutoModelForCausalLM).to(rt.device)

@@ -91,3 +91,15 @@ def test_cli_synth_writes_the_file_and_refuses_to_replace_it_without_force(llama
     assert out.read_bytes() == before
     code, _, stderr = run_cli(*args, "--force")
     assert code == 0, stderr
+
+
+def test_synth_without_tokens_writes_recovers_default_amount_and_says_it_is_sized_for_a_gpu(llama, tmp_path,
+                                                                                              monkeypatch):
+    from bitconv.train import tasks
+
+    monkeypatch.setattr(tasks, "DEFAULT_TEACHER_TOKENS", "96")
+    said = []
+    options = {k: v for k, v in SMALL.items() if k != "tokens"}
+    r = synthesize(str(llama), tmp_path / "text.jsonl", cache_dir=tmp_path / "cache", say=said.append, **options)
+    assert r.n_tokens == 3 * SMALL["length"]  # 96 tokens: three whole sequences
+    assert said[0].startswith("note: --tokens 96 (what recover generates by default) is sized for a GPU; on the CPU")
