@@ -27,7 +27,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -54,13 +54,13 @@ class SynthOptions:
     seed: int = 0
 
     @classmethod
-    def from_spec(cls, spec: SourceSpec, seq_len: int, seed: int, default_batch: int = 1024) -> "SynthOptions":
+    def from_spec(cls, spec: SourceSpec, seq_len: int, seed: int) -> "SynthOptions":
         """teacher:N[?length=..&batch=..&top_k=..&top_p=..&temperature=..], checked against one training block;
-        `default_batch` when the spec gives none (`options_for` passes what fits the device)."""
+        without `batch` the field's default, which `options_for` replaces with what fits the device."""
         n = parse_count(spec.target, spec.text)
         o = spec.options
         try:
-            opts = cls(n, int(o.get("length", 512)), int(o.get("batch", default_batch)), int(o.get("top_k", 50)),
+            opts = cls(n, int(o.get("length", 512)), int(o.get("batch", cls.batch)), int(o.get("top_k", 50)),
                        float(o.get("top_p", 0.95)), float(o.get("temperature", 1.0)), seed)
         except ValueError:
             raise DataError(f"{spec.text}: length, batch and top_k must be integers, top_p and temperature numbers"
@@ -132,7 +132,7 @@ def options_for(spec: SourceSpec, seq_len: int, seed: int, model, device: torch.
     opts = SynthOptions.from_spec(spec, seq_len, seed)
     if "batch" in spec.options:
         return opts
-    return SynthOptions.from_spec(spec, seq_len, seed, default_batch(device, model.config, opts.length))
+    return replace(opts, batch=default_batch(device, model.config, opts.length))
 
 
 def model_key(source: str) -> str:

@@ -523,13 +523,13 @@ class LMTask:
         """`together`: every process is here (before_prepare) and generates its share; else this process alone."""
         from bitconv.data.synth import generate_stream, model_key, options_for
 
-        rt = self.ctx.rt
-        opts = options_for(spec, self.cfg.seq_len, seed, self.original(), rt.device)
+        rt, model = self.ctx.rt, self.original()
+        opts = options_for(spec, self.cfg.seq_len, seed, model, rt.device)
         key = model_key(self.ctx.source)
         shared = dict(rank=rt.rank, world=rt.world, barrier=rt.barrier) if together else {}
         # under torchrun, before_prepare has said where the stream came from already
         say = self.ctx.say if together or rt.world == 1 else (lambda text: None)
-        stream = generate_stream(self.original(), self.tokenizer, key, opts, self.ctx.cache, rt.device,
+        stream = generate_stream(model, self.tokenizer, key, opts, self.ctx.cache, rt.device,
                                  self.ctx.progress, say, **shared)
         return stream, hashlib.sha256(f"{key}\0{opts}".encode()).hexdigest()
 
