@@ -135,7 +135,7 @@ def attach(model: nn.Module, weight_names: set[str], cfg: QuantConfig,
         if learn_scales:
             w = _as_out_in(module).detach().float()
             absmean = reduce_units(w.abs(), cfg.granularity, cfg.group_size, "mean")
-            module.bitconv_log_scale = nn.Parameter(absmean.clamp(min=1e-12).log())
+            setattr(module, LEARNED_SCALE, nn.Parameter(absmean.clamp(min=1e-12).log()))
             module.bitconv_grad_scale = 1.0 / math.sqrt(w.numel() / absmean.numel())
         attached.append(QuantizedModule(mod_name, module))
     return attached
@@ -159,13 +159,14 @@ def _bake_learned_scale(module: nn.Module) -> None:
     cfg = module.bitconv_cfg
     with torch.no_grad():
         w = _as_out_in(module)
-        scale = module.bitconv_log_scale.exp()
+        scale = getattr(module, LEARNED_SCALE).exp()
         full = expand(scale, tuple(w.shape), cfg.granularity, cfg.group_size)
         codes = (w.float() / full).round().clamp(-1, 1)
         nonzero = reduce_units(codes.abs(), cfg.granularity, cfg.group_size, "mean")
         per_code = torch.where(nonzero > 0, scale / nonzero.clamp(min=1e-12), torch.zeros_like(scale))
         w.copy_((codes * expand(per_code, tuple(w.shape), cfg.granularity, cfg.group_size)).to(w.dtype))
-    del module.bitconv_log_scale, module.bitconv_grad_scale
+    delattr(module, LEARNED_SCALE)
+    del module.bitconv_grad_scale
 
 
 def detach(model: nn.Module, attached: list[QuantizedModule]) -> None:
